@@ -1,0 +1,42 @@
+"""Shared test fixtures: real clips from the data cache, cropped small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascadevsr.paths import clips_dir
+from cascadevsr.video import read_frames
+
+
+def clip_path(name: str):
+    """Path of a fetched real clip; fails with the command to run when the cache lacks it."""
+    path = clips_dir() / name
+    if not path.exists():
+        pytest.fail(f"real clip {name} is not in {clips_dir()}; run `cascadevsr fetch-data` first")
+    return path
+
+
+def real_crop(name: str, start: int, count: int, top: int, left: int, size: tuple[int, int]) -> np.ndarray:
+    """``count`` frames of clip ``name`` from ``start``, cropped to ``size = (h, w)`` at ``(top, left)``."""
+    frames = read_frames(clip_path(name), start, start + count)
+    h, w = size
+    return np.ascontiguousarray(frames[:, top : top + h, left : left + w])
+
+
+@pytest.fixture(scope="session")
+def city_frames() -> np.ndarray:
+    """8 frames of cityCC0 (night city pan, rich detail), 128×128 crop, uint8 (T, H, W, 3)."""
+    return real_crop("cityCC0.mpg", 40, 8, 140, 300, (128, 128))
+
+
+@pytest.fixture(scope="session")
+def bikes_frames() -> np.ndarray:
+    """8 frames of bikes (street scene with motion), 128×192 crop, uint8 (T, H, W, 3)."""
+    return real_crop("bikes.mp4", 10, 8, 72, 200, (128, 192))
+
+
+@pytest.fixture(scope="session")
+def carphone_frames() -> np.ndarray:
+    """8 frames of carphone_pristine (whole 176×144 frame), uint8 (T, H, W, 3)."""
+    return real_crop("carphone_pristine.mp4", 0, 8, 0, 0, (144, 176))
