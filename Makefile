@@ -14,7 +14,6 @@ DEMO_OUT ?= demo-out
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade "pip>=23"
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(REFERENCE_PINS)
