@@ -10,8 +10,10 @@ differences, each for a reason:
   measured on 8–32-frame real crops, libx264 spent 0.3–0.9× the target. A VBV buffer (``maxrate = bitrate``,
   ``bufsize = vbv_buffer_s · bitrate``) keeps libx264 within 0.7–1.1× and MPEG-4 below 2× (unless MPEG-4
   hits its best quantiser first, when it spends less). ``vbv_buffer_s = 0`` restores plain ABR.
-* **Determinism.** The encoder runs on one thread: x264's output depends on its thread count, which would
-  otherwise follow the machine's core count.
+* **Determinism.** The encoder runs on one thread (x264's output depends on its thread count, which would
+  otherwise follow the machine's core count) with x264's macroblock-tree rate control off, and decoder
+  packets carry FFmpeg's zeroed input padding: without the last two, identical input gave different bytes
+  (x264) or frames (MPEG-4 decoding) from run to run.
 
 Config ranges follow ``degrade/base.py``: written mild → severe, scaled by ``strength``.
 """
@@ -150,7 +152,10 @@ def encode_clip(frames_u8: np.ndarray, params: CodecParams, fps: float) -> list[
     if params.vbv_buffer_s > 0:
         options.update(maxrate=str(bitrate), bufsize=str(max(1, round(bitrate * params.vbv_buffer_s))))
     if params.codec == "libx264":
-        options["preset"] = params.x264_preset
+        # mbtree off: with it, identical input gave different bytes from run to run (x264's asm mbtree
+        # code; asm=0 or mbtree=0 are both stable over 80 runs, mbtree=0 costs far less). On clips of
+        # 8-77 frames mbtree's look-ahead gain is small anyway.
+        options.update(preset=params.x264_preset, **{"x264-params": "mbtree=0"})
     enc.options = options
 
     packets: list[bytes] = []
@@ -172,11 +177,24 @@ def decode_clip(packets: list[bytes], codec: str, num_frames: int) -> np.ndarray
     dec.thread_count = 1  # one core per worker: corpus building already runs a process per core
     frames = []
     for data in packets:
-        frames.extend(dec.decode(av.Packet(data)))
+        frames.extend(dec.decode(_padded_packet(data)))
     frames.extend(dec.decode(None))
     if len(frames) != num_frames:
         raise RuntimeError(f"{codec} round trip returned {len(frames)} frames for {num_frames}")
     return np.stack([f.to_ndarray(format="rgb24") for f in frames])
+
+
+def _padded_packet(data: bytes) -> av.Packet:
+    """A packet holding a copy of ``data`` followed by FFmpeg's zeroed input padding.
+
+    FFmpeg requires ``AV_INPUT_BUFFER_PADDING_SIZE`` readable bytes after a packet's data (its bitstream
+    readers fetch whole words past the end). ``av.Packet(bytes)`` points at the Python buffer without that
+    padding; we saw an MPEG-4 decode of identical bytes corrupt one frame in some runs and not in others.
+    ``av.Packet(size)`` allocates the padding.
+    """
+    packet = av.Packet(len(data))
+    packet.update(data)
+    return packet
 
 
 def _pad_even(frames_u8: np.ndarray) -> np.ndarray:
