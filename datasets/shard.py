@@ -1,0 +1,254 @@
+"""The shard worker: ``process_shard(spec) -> ShardResult``, one output shard per call.
+
+Ray runs it as a task; a plain ``for`` loop (``--workers 0``, tests, benchmarks) calls the same function
+with the same argument. It never raises to its caller: a clip that cannot be used becomes a row with
+``status`` ``failed`` or ``rejected`` and a reason, and an error that breaks the shard as a whole (disk
+full, a bad preset) comes back as ``ShardResult(ok=False, error=...)``.
+
+Files, in the order they are written (the order is the resume protocol):
+
+1. ``shard-NNNNNN.tar.tmp``: the samples, written with webdataset's ``TarWriter``, fsynced;
+2. renamed to ``shard-NNNNNN.tar`` once complete, so a ``.tar`` is never truncated;
+3. ``shard-NNNNNN.json``: the shard's stats and manifest rows, written last. It is the commit marker:
+   a shard is finished exactly when this file exists, and a finished shard is never rewritten.
+
+Sample format (one tar member per entry, webdataset naming ``KEY.EXT``)::
+
+    KEY.hr.mp4       HR clip, H.264 CRF 4 (near-lossless), hr_size
+    KEY.lr.mp4       LR clip, FFV1 (lossless, so storage adds no second degradation)
+    KEY.params.json  source, frame range, HR framing, filter measures, preset, every resolved
+                     parameter, seeds, package versions: enough to regenerate the LR clip
+    KEY.lr_latent.npy / KEY.hr_latent.npy   optional latents (see ``LATENT_ENTRIES``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from cascadevsr.datasets.config import CorpusConfig
+from cascadevsr.datasets.sources import ClipSpec, clip_measures, filter_rejection, fit_hr
+
+log = logging.getLogger(__name__)
+
+# The tar's extension table, written out by hand: what each member holds and how it is encoded.
+SAMPLE_ENTRIES: dict[str, str] = {
+    "hr.mp4": "HR frames, H.264 (libx264, CRF 4, near-lossless)",
+    "lr.mp4": "LR frames, FFV1 (lossless)",
+    "params.json": "UTF-8 JSON record of the source, framing, filters, degradation and versions",
+}
+LATENT_ENTRIES: dict[str, str] = {
+    "lr_latent.npy": "LR latent, numpy .npy (C, T', h', w') from the corpus latent codec",
+    "hr_latent.npy": "HR latent, numpy .npy (C, T', H', W') from the corpus latent codec",
+}
+HR_CODEC = {"codec": "libx264", "crf": 4}
+LR_CODEC = {"codec": "ffv1"}
+# Fixed member mtime: the same command and seed must give byte-identical tars.
+TAR_MTIME = 0.0
+STATUSES = ("ok", "rejected", "failed")
+
+
+def shard_name(index: int) -> str:
+    """``shard-000123``."""
+    return f"shard-{index:06d}"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work: the clips of one output shard and the settings to make them."""
+
+    index: int
+    clips: tuple[ClipSpec, ...]
+    config: CorpusConfig
+    musiq_weights: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The shard's file stem."""
+        return shard_name(self.index)
+
+    @property
+    def out_dir(self) -> Path:
+        """Folder the shard is written to."""
+        return self.config.out_dir
+
+
+@dataclass
+class ShardResult:
+    """What a shard task returns: picklable, small, and never an exception."""
+
+    name: str
+    ok: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        """Rows with ``status``."""
+        return sum(r["status"] == status for r in self.rows)
+
+
+class Report(Protocol):
+    """Progress callback: called once per clip with the shard name and the clip's status."""
+
+    def __call__(self, shard: str, status: str) -> None: ...
+
+
+def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    """``(tar, tar.tmp, stats json)`` of shard ``name``."""
+    return out_dir / f"{name}.tar", out_dir / f"{name}.tar.tmp", out_dir / f"{name}.json"
+
+
+def shard_done(out_dir: Path, name: str) -> bool:
+    """True when the shard's commit marker exists (and its tar with it)."""
+    tar, _, stats = shard_paths(out_dir, name)
+    return stats.is_file() and tar.is_file()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that can change a sample's bytes."""
+    import av
+    import cv2
+    import webdataset
+
+    from cascadevsr import __version__
+
+    return {"cascadevsr": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
+            "av": av.__version__, "webdataset": getattr(webdataset, "__version__", "?"),
+            "python": sys.version.split()[0]}
+
+
+def applied_ops(steps: list[dict[str, Any]]) -> list[str]:
+    """Names of the degradation ops that were applied, in the order they ran."""
+    ops: list[str] = []
+    for entry in steps:
+        if entry["op"] == "shuffle":
+            for gi in entry["order"]:
+                ops += [s["op"] for s in entry["groups"][gi] if s["applied"]]
+        elif entry["applied"]:
+            ops.append(entry["op"])
+    return ops
+
+
+def base_row(clip: ClipSpec, cfg: CorpusConfig, shard: str) -> dict[str, Any]:
+    """The manifest columns every clip row has, filled with what is known before processing."""
+    return {"key": clip.key, "status": "failed", "shard": shard, "source": clip.source,
+            "start": clip.start, "end": clip.end, "preset": cfg.preset, "seed": clip.seed, "reason": "",
+            "hr_size": "", "lr_size": "", "brightness": None, "laplacian_var": None, "musiq": None,
+            "ops": "", "params": "", "hr_bytes": 0, "lr_bytes": 0}
+
+
+def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights: str | None,
+                shard: str, versions: dict[str, str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Turn one clip into a webdataset sample dict (or ``None``) and its manifest row; never raises."""
+    from cascadevsr.degrade.pipeline import degrade_clip, derive_seed
+
+    from cascadevsr.video import encode_video, read_frames
+
+    row = base_row(clip, cfg, shard)
+    try:
+        frames = read_frames(clip.source, clip.start, clip.end)  # (T, H, W, 3) uint8
+        if len(frames) != clip.end - clip.start:
+            raise ValueError(f"decoded {len(frames)} of {clip.end - clip.start} frames")
+        rng = np.random.default_rng(derive_seed(clip.seed, "hr_framing"))
+        hr, framing = fit_hr(frames, cfg.hr_size, cfg.hr_mode, cfg.allow_upscale, rng)
+        measures = clip_measures(hr, cfg, musiq_weights)
+        row.update(measures)
+        reason = filter_rejection(measures, cfg)
+        if reason:
+            row.update(status="rejected", reason=reason)
+            return None, row
+        fps = clip.fps if clip.fps > 0 else 25.0
+        pair = degrade_clip(hr, pipeline, clip.seed, strength=cfg.strength, scale=cfg.scale,
+                            lr_size=cfg.lr_size, fps=fps)
+        params = {
+            "key": clip.key,
+            "source": {"path": clip.source, "frames": [clip.start, clip.end], "fps": fps,
+                       "size": list(clip.source_size)},
+            "hr_framing": framing,
+            "filters": measures,
+            **pair.record,
+            "corpus_seed": cfg.seed,
+            "versions": versions,
+        }
+        hr_bytes = encode_video(pair.hr, fps, **HR_CODEC)
+        lr_bytes = encode_video(pair.lr, fps, **LR_CODEC)
+    except Exception as err:  # one bad clip is a row, never the end of the shard
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        log.warning("shard %s clip %s (%s) failed: %s", shard, clip.key, clip.source, reason)
+        row.update(status="failed", reason=reason)
+        return None, row
+    (h, w), (lh, lw) = pair.hr.shape[1:3], pair.lr.shape[1:3]
+    row.update(status="ok", hr_size=f"{w}x{h}", lr_size=f"{lw}x{lh}",
+               ops=",".join(applied_ops(pair.record["steps"])),
+               params=json.dumps(pair.record["steps"], separators=(",", ":")),
+               hr_bytes=len(hr_bytes), lr_bytes=len(lr_bytes))
+    sample = {"__key__": clip.key, "hr.mp4": hr_bytes, "lr.mp4": lr_bytes,
+              "params.json": json.dumps(params, sort_keys=True).encode()}
+    return sample, row
+
+
+def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:
+    """Write shard ``spec.name`` (tar, then its stats file) and return its rows; never raises.
+
+    ``report(shard, status)`` is called after each clip, for a progress bar.
+    """
+    import cv2
+    import webdataset as wds
+    from cascadevsr.degrade.pipeline import load_preset
+
+    t0 = time.perf_counter()
+    name, cfg = spec.name, spec.config
+    tar, tmp, stats = shard_paths(spec.out_dir, name)
+    rows: list[dict[str, Any]] = []
+    threads = cv2.getNumThreads()
+    # One task per core: OpenCV's own thread pool would otherwise fight the other tasks for the cores.
+    cv2.setNumThreads(cfg.threads_per_task)
+    try:
+        pipeline = load_preset(cfg.preset)
+        versions = package_versions()
+        with open(tmp, "wb") as fh:
+            writer = wds.TarWriter(fh, encoder=False, mtime=TAR_MTIME)
+            for clip in spec.clips:
+                sample, row = make_sample(clip, cfg, pipeline, spec.musiq_weights, name, versions)
+                if sample is not None:
+                    writer.write(sample)
+                rows.append(row)
+                if report is not None:
+                    report(name, row["status"])
+            writer.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, tar)
+        seconds = time.perf_counter() - t0
+        write_json_atomic(stats, {
+            "shard": name, "keys": [c.key for c in spec.clips], "rows": rows, "seconds": round(seconds, 3),
+            "tar_bytes": tar.stat().st_size,
+            "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
+        })
+        return ShardResult(name, True, rows, seconds=seconds)
+    except Exception as err:  # the shard boundary: anything left is this shard's failure, reported as data
+        log.exception("shard %s failed", name)
+        tmp.unlink(missing_ok=True)
+        return ShardResult(name, False, rows, error=f"{type(err).__name__}: {err}",
+                           seconds=time.perf_counter() - t0)
+    finally:
+        cv2.setNumThreads(threads)
