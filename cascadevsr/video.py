@@ -246,10 +246,9 @@ def _pick_reader(src: Source, backend: str) -> Any | None:
     """decord ``VideoReader`` to use, or None for PyAV, following the backend policy above."""
     if backend not in BACKENDS:
         raise UserError(f"unknown video backend '{backend}'; choose from {list(BACKENDS)}")
+    header = _header(src)  # also refuses unreadable and truncated files, whatever the backend
     if backend == "pyav":
-        _check_source(src)
         return None
-    header = _header(src)
     if backend == "decord":
         if header.codec in _DECORD_WRONG:
             raise _fail(
