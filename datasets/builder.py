@@ -339,7 +339,7 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     out = cfg.out_dir
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder.")
-    load_preset(cfg.preset)  # an unknown preset is the user's error, before any work starts
+    preset_name = load_preset(cfg.preset).name  # an unknown preset is the user's error, before any work
     musiq = find_musiq_weights(cfg.musiq_weights)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -382,7 +382,7 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
             if runner is not None:
                 runner.close()
         done_now = sum(len(s.clips) for s in todo if s.name not in failed)
-        stats = write_outputs(out, cfg, shards, source_failures, failed, musiq, {
+        stats = write_outputs(out, cfg, preset_name, shards, source_failures, failed, musiq, {
             "seconds": round(time.perf_counter() - t0, 3), "scan_seconds": round(scan_seconds, 3),
             "shard_seconds": round(shard_seconds, 3), "clips_this_run": done_now,
             "clips_per_s": round(done_now / shard_seconds, 4) if shard_seconds > 0 and done_now else 0.0,
@@ -448,7 +448,7 @@ def read_shard_rows(out: Path, names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(out: Path, cfg: CorpusConfig, shards: list[ShardSpec],
+def write_outputs(out: Path, cfg: CorpusConfig, preset: str, shards: list[ShardSpec],
                   source_failures: list[dict[str, Any]], failed_shards: list[str], musiq: Path | None,
                   throughput: dict[str, Any]) -> dict[str, Any]:
     """Write ``manifest.parquet`` then ``stats.json`` (last: a complete corpus has both)."""
@@ -457,7 +457,7 @@ def write_outputs(out: Path, cfg: CorpusConfig, shards: list[ShardSpec],
     rows = read_shard_rows(out, [s.name for s in shards])
     for f in source_failures:
         rows.append({**{c: None for c in MANIFEST_COLUMNS}, "status": "failed", "source": f["source"],
-                     "reason": f["reason"], "preset": cfg.preset, "key": "", "shard": ""})
+                     "reason": f["reason"], "preset": preset, "key": "", "shard": ""})
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     for col in ("start", "end", "hr_bytes", "lr_bytes"):
         manifest[col] = manifest[col].astype("Int64")
@@ -470,7 +470,7 @@ def write_outputs(out: Path, cfg: CorpusConfig, shards: list[ShardSpec],
     sizes = manifest.loc[manifest["status"] == "ok", ["hr_bytes", "lr_bytes"]].sum()
     stats = {
         "complete": not failed_shards,
-        "preset": cfg.preset,
+        "preset": preset,
         "sources": {"total": len({*manifest["source"]}), "unusable": len(source_failures)},
         "clips": {"planned": sum(len(s.clips) for s in shards), "samples": status["ok"],
                   "rejected": status["rejected"], "failed": status["failed"] - len(source_failures)},

@@ -34,7 +34,9 @@ from typing import Any, Protocol
 
 import numpy as np
 from cascadevsr.datasets.config import CorpusConfig
-from cascadevsr.datasets.sources import ClipSpec, clip_measures, filter_rejection, fit_hr
+from cascadevsr.datasets.sources import ClipSpec, clip_measures, filter_rejection, fit_hr, one_line
+
+from cascadevsr.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,7 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
     from cascadevsr.video import encode_video, read_frames
 
     row = base_row(clip, cfg, shard)
+    row["preset"] = pipeline.name
     try:
         frames = read_frames(clip.source, clip.start, clip.end)  # (T, H, W, 3) uint8
         if len(frames) != clip.end - clip.start:
@@ -192,7 +195,7 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
         hr_bytes = encode_video(pair.hr, fps, **HR_CODEC)
         lr_bytes = encode_video(pair.lr, fps, **LR_CODEC)
     except Exception as err:  # one bad clip is a row, never the end of the shard
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        reason = one_line(err, with_type=not isinstance(err, UserError))
         log.warning("shard %s clip %s (%s) failed: %s", shard, clip.key, clip.source, reason)
         row.update(status="failed", reason=reason)
         return None, row

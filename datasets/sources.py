@@ -136,6 +136,12 @@ def detect_cuts(histograms: list[np.ndarray], threshold: float) -> list[int]:
             if histogram_distance(histograms[i - 1], histograms[i]) > threshold]
 
 
+def one_line(err: BaseException, with_type: bool = True, limit: int = 300) -> str:
+    """An exception as one short line for a manifest ``reason`` (library messages can span lines)."""
+    text = " ".join(str(err).split())[:limit]
+    return f"{type(err).__name__}: {text}" if with_type else text
+
+
 def scan_source(path: str, threshold: float) -> SourceScan:
     """Probe ``path`` and decode it once to count frames and find cuts; never raises."""
     from cascadevsr.video import iter_frames, probe
@@ -145,17 +151,17 @@ def scan_source(path: str, threshold: float) -> SourceScan:
             return SourceScan(path, False, "file not found")
         info = probe(path)
     except UserError as err:
-        return SourceScan(path, False, f"unreadable: {err}")
+        return SourceScan(path, False, f"unreadable: {one_line(err, with_type=False)}")
     except Exception as err:  # any decoder error on a bad file is that file's failure, not the job's
-        return SourceScan(path, False, f"unreadable: {type(err).__name__}: {err}")
+        return SourceScan(path, False, f"unreadable: {one_line(err)}")
     meta = dict(fps=float(info.fps), width=int(info.width), height=int(info.height), codec=str(info.codec))
     hists: list[np.ndarray] = []
     try:
-        for frame in iter_frames(path):
-            hists.append(frame_histogram(frame))
+        for chunk in iter_frames(path, chunk=32):  # (t, H, W, 3) uint8
+            hists += [frame_histogram(frame) for frame in chunk]
     except Exception as err:
         return SourceScan(path, False, f"corrupt: decoding failed after {len(hists)} frames "
-                                       f"({type(err).__name__}: {err})", num_frames=len(hists), **meta)
+                                       f"({one_line(err)})", num_frames=len(hists), **meta)
     promised = int(info.num_frames or 0)
     if not hists:
         return SourceScan(path, False, "corrupt: no frame decodes", **meta)
