@@ -366,9 +366,8 @@ def fetch_all(home: Path | None = None, only: list[str] | None = None, progress:
         return [destination(a, home) for a in selected]
     n_todo = sum(v != "ok" for v in status.values())
     total = _human(sum(s.archive_size for s in todo))
-    say(
-        f"fetch-data: {n_todo} of {len(selected)} assets to fetch into {root} ({len(todo)} package{'s' * (len(todo) > 1)}, {total})"
-    )
+    packages = f"{len(todo)} package{'s' * (len(todo) > 1)}"
+    say(f"fetch-data: {n_todo} of {len(selected)} assets to fetch into {root} ({packages}, {total})")
     downloads = root / ".downloads"
     try:
         for i, source in enumerate(todo, 1):
