@@ -104,6 +104,8 @@ def _check_source(src: Source) -> None:
         raise _fail(src, "it is a directory")
     if path.stat().st_size == 0:
         raise _fail(src, "file is empty")
+    if not os.access(path, os.R_OK):
+        raise _fail(src, "permission denied")
 
 
 def _open_av(src: Source) -> Any:
@@ -263,7 +265,10 @@ def _pick_reader(src: Source, backend: str) -> Any | None:
     reader = _decord_reader(src)
     if reader is not None and len(reader) != header.packets:
         log.debug(
-            "decord counts %d frames in %s, the container %d; using PyAV", len(reader), src, header.packets
+            "decord counts %d frames in %s, the container %d; using PyAV",
+            len(reader),
+            _label(src),
+            header.packets,
         )
         return None
     return reader
