@@ -1,8 +1,8 @@
 """Video I/O: probe, read and write clips as ``uint8`` RGB arrays ``(T, H, W, 3)``.
 
 Reading: decord first (fast random access by frame index), PyAV where decord cannot be trusted.
-Both were compared frame by frame on every fetched clip (decord 0.6.0 with its bundled FFmpeg 4,
-PyAV 18.1 with FFmpeg 8):
+Both were compared frame by frame on every fetched clip (decord 0.6.0 with the FFmpeg it bundles,
+PyAV 18.1 with libavcodec 62):
 
 * H.264 (bikes, carphone, bigbuckbunny, jwpIntro, earth), and HEVC, VP8, VP9, FFV1 files written by
   PyAV: identical pixels. ``auto`` uses decord for these codecs (``_DECORD_CODECS``).
@@ -10,8 +10,8 @@ PyAV 18.1 with FFmpeg 8):
   but its frame i is roughly PyAV's frame i + 12 (one GOP late) and not even equal to that. PyAV
   decodes in presentation order from the start and is right, so ``auto`` uses PyAV and a forced
   ``backend="decord"`` is refused for MPEG-1/2.
-* MPEG-4 Part 2 (testMovie.mp4): decord differs from PyAV by at most 1 grey level from frame 1 on;
-  the two FFmpeg versions pick different IDCTs for this stream (the standard allows that). ``auto``
+* MPEG-4 Part 2 (testMovie.mp4): decord differs from PyAV by at most 1 grey level from frame 1 on,
+  presumably a different IDCT in the two FFmpeg builds (MPEG-4 Part 2 lets decoders differ). ``auto``
   uses PyAV, the newer decoder, so that every MPEG-4 read gives the same pixels whether or not decord
   is installed; a forced ``backend="decord"`` is allowed.
 * Any codec: if decord fails to open a file or counts a different number of frames than the
@@ -21,7 +21,8 @@ Writing goes through PyAV. ``codec="libx264"`` (default) writes near-lossless H.
 so chroma is not subsampled. ``codec="ffv1"`` writes FFV1 (``bgr0``) in the same ``.mp4`` container:
 a bit-exact RGB round trip, every frame a keyframe, readable by both backends; it was chosen over
 ``libx264rgb`` at ``crf=0`` (also bit-exact and readable by both) because it was smaller (11.0 MB vs
-13.0 MB for 32 frames of cityCC0 at 720x405) and 3-4x faster to encode. Lossless libx264 in
+13.0 MB for 32 frames of cityCC0 at 720x405; 1.27 vs 2.19 MB on bikes) and about 3x faster to
+encode. Lossless libx264 in
 ``yuv444p`` (``crf=0``) is *not* bit-exact for RGB input: the RGB↔YUV conversion loses up to 2
 grey levels. Every encoder runs with one thread so that the same frames always give the same bytes
 (x264's output depends on its thread count), and nothing time-dependent is written into the file.
