@@ -307,10 +307,9 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
         hr_size = frames.shape[1:3]
     ctx = Context(hr_size=(int(hr_size[0]), int(hr_size[1])), lr_size=target, fps=float(fps))
     record = sample_pipeline(pipeline, np.random.default_rng(seed), strength, len(frames))
-    hr_float = to_float(frames)
+    hr_float = _transformed_hr(frames, pipeline.hr_transform)
     lr = to_uint8(apply_record(hr_float, record, ctx, progress))
-    transform = HR_TRANSFORMS[pipeline.hr_transform]
-    hr = to_uint8(transform(hr_float)) if transform else np.ascontiguousarray(frames)
+    hr = np.ascontiguousarray(frames) if pipeline.hr_transform == "none" else to_uint8(hr_float)
     full_record = {
         "preset": pipeline.name,
         "preset_spec": pipeline.source,
@@ -325,9 +324,17 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
     return DegradedPair(hr=hr, lr=lr, record=full_record)
 
 
+def _transformed_hr(frames: np.ndarray, hr_transform: str) -> np.ndarray:
+    """The float HR clip that is both the training target and the input of the degradation: Real-ESRGAN and
+    RealBasicVSR sharpen the ground truth first and degrade the sharpened frames."""
+    hr = to_float(frames)
+    transform = HR_TRANSFORMS[hr_transform]
+    return transform(hr) if transform else hr
+
+
 def replay(frames: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-    """Regenerate the LR uint8 clip from HR uint8 frames and a saved record, drawing no random numbers."""
+    """Regenerate the LR uint8 clip from the source uint8 frames and a saved record, drawing no random numbers."""
     hr_size = tuple(record["hr_size"])
     frames = frames[:, : hr_size[0], : hr_size[1]]
     ctx = Context(hr_size=hr_size, lr_size=tuple(record["lr_size"]), fps=float(record["fps"]))
-    return to_uint8(apply_record(to_float(frames), record["steps"], ctx))
+    return to_uint8(apply_record(_transformed_hr(frames, record["hr_transform"]), record["steps"], ctx))
