@@ -333,14 +333,20 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     even after ``shard_retries`` are listed in ``BuildReport.failed_shards``; rerunning finishes them.
     """
     from cascadevsr.datasets.sources import plan_clips
-    from cascadevsr.degrade.pipeline import load_preset
+    from cascadevsr.degrade.pipeline import load_preset, lr_size_for
 
     say = announce or (lambda _msg: None)
     out = cfg.out_dir
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder.")
-    preset_name = load_preset(cfg.preset).name  # an unknown preset is the user's error, before any work
+    # The user's mistakes (bad preset, inputs, weights path) are refused before anything is written.
+    preset_name = load_preset(cfg.preset).name
+    lr_size_for(cfg.hr_size, cfg.scale, cfg.lr_size)  # an LR size too small for every clip
     musiq = find_musiq_weights(cfg.musiq_weights)
+    planned = (out / "plan.parquet").exists()
+    sources = [] if planned else expand_inputs(cfg.inputs)
+    if not planned and not sources:
+        raise UserError(f"no video files found in --input {' '.join(cfg.inputs)}.")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with build_lock(out):
@@ -352,14 +358,11 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
                         "enable it", MUSIQ_FILE)
         runner = None
         try:
-            if (out / "plan.parquet").exists():
+            if planned:
                 clips, scans = load_plan(out)
                 say(f"resuming {out}: plan of {len(clips)} clips from {len(scans)} sources")
                 scan_seconds = 0.0
             else:
-                sources = expand_inputs(cfg.inputs)
-                if not sources:
-                    raise UserError(f"no video files found in --input {' '.join(cfg.inputs)}.")
                 say(f"scanning {len(sources)} video(s) for frame counts and scene cuts")
                 runner = make_runner(cfg)
                 ts = time.perf_counter()
@@ -458,10 +461,12 @@ def write_outputs(out: Path, cfg: CorpusConfig, preset: str, shards: list[ShardS
     for f in source_failures:
         rows.append({**{c: None for c in MANIFEST_COLUMNS}, "status": "failed", "source": f["source"],
                      "reason": f["reason"], "preset": preset, "key": "", "shard": ""})
+    for row in rows:
+        # 63-bit seeds as text: a column mixing ints and nulls would become float64 and round them.
+        row["seed"] = None if row.get("seed") is None else str(row["seed"])
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     for col in ("start", "end", "hr_bytes", "lr_bytes"):
         manifest[col] = manifest[col].astype("Int64")
-    manifest["seed"] = manifest["seed"].map(lambda s: None if s is None or pd.isna(s) else str(s))
     _write_parquet(manifest, out / "manifest.parquet")
 
     status = Counter(manifest["status"])

@@ -159,16 +159,25 @@ class ShuffleBuffer:
         yield from buf
 
 
+def decode_clip(data: bytes) -> np.ndarray:
+    """Decode one stored clip to uint8 ``(T, H, W, 3)``: the core reader (decord where it is trusted), and
+    PyAV when that fails; decord 0.6 rejects some FFV1 frame widths (not multiples of 32) outright."""
+    from cascadevsr.video import decode_video
+
+    try:
+        return decode_video(data)
+    except UserError:
+        return decode_video(data, backend="pyav")
+
+
 def decode_pair(sample: dict[str, Any]) -> dict[str, Any]:
     """Raw tar sample → ``{"__key__", "hr", "lr"}`` uint8 ``(T, H, W, 3)`` frames, plus ``params`` (JSON text)
     and any ``lr_latent``/``hr_latent`` arrays present."""
-    from cascadevsr.video import decode_video
-
     missing = [k for k in ("hr.mp4", "lr.mp4") if k not in sample]
     if missing:
         raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')} lacks {missing}")
-    out: dict[str, Any] = {"__key__": sample["__key__"], "hr": decode_video(sample["hr.mp4"]),
-                           "lr": decode_video(sample["lr.mp4"])}
+    out: dict[str, Any] = {"__key__": sample["__key__"], "hr": decode_clip(sample["hr.mp4"]),
+                           "lr": decode_clip(sample["lr.mp4"])}
     if "params.json" in sample:
         out["params"] = bytes(sample["params.json"]).decode()
     for name in ("lr_latent", "hr_latent"):

@@ -96,9 +96,8 @@ def write_previews(corpus: str | Path, count: int, out: str | Path | None = None
 
     The choice is seeded, so the same call previews the same samples.
     """
+    from cascadevsr.datasets.loader import decode_clip
     from cascadevsr.degrade.preview import write_preview
-
-    from cascadevsr.video import decode_video
 
     corpus = Path(corpus)
     manifest, _ = _load(corpus)
@@ -114,6 +113,6 @@ def write_previews(corpus: str | Path, count: int, out: str | Path | None = None
         row = ok.iloc[i]
         sample = read_sample(corpus / f"{row['shard']}.tar", row["key"])
         path = folder / f"{row['key']}.png"
-        write_preview(path, decode_video(sample["hr.mp4"]), decode_video(sample["lr.mp4"]))
+        write_preview(path, decode_clip(sample["hr.mp4"]), decode_clip(sample["lr.mp4"]))
         written.append(path)
     return written
