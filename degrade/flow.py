@@ -1,0 +1,561 @@
+"""Flow-based degradation (SimpleGVR §4.2.1): the motion artifacts of base text-to-video models.
+
+At low resolution, base T2V outputs show two motion-dependent artifacts: local blur along the motion and
+colours of the previous frame bleeding into the current one. One op, ``flow``, reproduces both from a
+single optical-flow computation per frame pair (``blend`` and ``blur`` switch the two stages):
+
+1. **Flow.** DIS optical flow (OpenCV) from frame ``t`` to frame ``t-1``: ``flow[y, x] = (dx, dy)`` maps
+   ``(x, y)`` in frame ``t`` to ``(x + dx, y + dy)`` in frame ``t-1``, in pixels per frame. Frame 0 has no
+   previous frame: it gets no colour blending, and its blur uses the flow 1 → 0, which describes the same
+   motion up to sign (a line kernel is symmetric). Only ``T-1`` flows are computed.
+2. **Motion mask.** On a grid of ``mask_cell_px`` cells (the mean flow of each cell): ``|flow| >
+   motion_threshold``, opened (drops specks of flow noise) and closed (fills holes in moving objects). Its
+   bilinear upsampling is the soft per-pixel mask: 1 inside, fading to 0 over one cell at the edges.
+3. **Colour blending** (``blend``). Per frame, one elliptical region per entry of ``ellipses`` (shapes fixed
+   for the clip), centred on a random moving pixel. Inside it the current colour moves toward the previous
+   frame's colour at the flow-corresponding position, Gaussian-sampled: the previous frame warped onto the
+   current one by the flow, then averaged with a Gaussian of ``sample_sigma`` px, so colours from around
+   the corresponding point bleed in. Weight: ``blend_strength · (1 - r²)²`` (``r`` the elliptical radius:
+   1 at the centre, smoothly 0 at the boundary) times the soft motion mask; blended in RGB.
+4. **Motion blur** (``blur``). Per ``block_size`` block, the mean flow (averaged with its moving
+   neighbours, ``block_smoothing``) gives a direction and a length ``clip(length_scale · |v|, 1,
+   max_length)``; blocks that do not move stay sharp. Lengths are quantised geometrically, directions into
+   ``angle_bins``, at most ``max_kernels`` kinds per frame. Each kind's line kernel blurs only the
+   connected groups of blocks that use it, and its per-pixel weight is its block indicator upsampled
+   bilinearly (neighbouring blocks cross-fade over one block, no seams) times the soft motion mask (still
+   pixels inside a moving block stay sharp). ``length_scale`` reads as a camera's shutter fraction: 1
+   smears over the whole displacement between frames.
+
+The paper gives none of these numbers; every default is ours (see :class:`FlowConfig`). DIS output is
+deterministic for a given OpenCV build: flows were identical with ``cv2.setNumThreads`` 1, 2 and 8 for all
+three presets, so the result does not depend on a worker's thread count.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from cascadevsr.degrade import base
+
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+MIN_SIDE = 16  # DIS rejects frames much smaller than its patches and pyramid
+# cv2.filter2D switches to a whole-image DFT once kernel rows·cols reaches 130 (50 without SSE3) and then
+# costs ~20× more; longer line kernels are split into short factors that stay on the direct, sparse path.
+MAX_DIRECT_KERNEL_AREA = 121
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Settings of the ``flow`` op. Ranges are ``[mild, severe]`` and strength-scaled (``degrade/base.py``).
+
+    The paper publishes none of these values; all are our choices, for LR frames of roughly 256–512 px on
+    the short side (the resolution base T2V models generate at).
+
+    Stages:
+      ``blend``, ``blur``: run colour blending / motion blur. Both use the same flow.
+    Flow and motion mask:
+      ``dis_preset``: ``ultrafast`` | ``fast`` | ``medium``. ``fast``: ~4 ms per 640×360 pair on one core,
+      sub-pixel accurate on textured motion; ``medium`` is ~6× slower.
+      ``motion_threshold``: px/frame above which a cell or block counts as moving. 1 px is above DIS's
+      noise on still texture (0.1–0.5 px) and below motion a viewer calls movement.
+      ``mask_cell_px``: resolution of the motion mask (cells of mean flow) — 4 px.
+      ``mask_open_cells``, ``mask_close_cells``: diameters (in cells) of the elliptical elements that open
+      (remove moving specks under ~12 px) and close (fill holes under ~20 px) the mask — 3 and 5; ≤1 skips.
+    Colour blending (centres on moving pixels):
+      ``num_ellipses``: ellipses per frame (integers) — [1, 6].
+      ``ellipse_size``: semi-major axis as a fraction of the frame's short side — [0.04, 0.12] (15–46 px
+      at 384 px, the size of a hand or a face there).
+      ``ellipse_aspect``: semi-major / semi-minor — [1, 2.5]; orientation uniform in [0°, 180°).
+      ``blend_strength``: weight of the previous frame's colour at an ellipse centre — [0, 0.75] (0 = none;
+      above ~0.75 the previous frame's structure, not just its hue, shows through).
+      ``sample_sigma``: px, sigma of the Gaussian that samples the previous frame's colour — [1, 3].
+    Motion blur:
+      ``block_size``: px per block of the motion field, a multiple of ``mask_cell_px`` — 16 (two DIS
+      patches: stable means that still follow object boundaries).
+      ``block_smoothing``: blocks averaged (over moving blocks only) before a kernel is chosen — 3 (3×3);
+      1 = off. Damps DIS noise so neighbouring blocks share kernels.
+      ``length_scale``: blur length per px/frame of motion — [0, 1] (shutter fraction; 0 = no blur).
+      ``max_length``: px cap on the blur length — 24.
+      ``angle_bins``: kernel directions over 180° — 12 (15° apart).
+      ``length_steps_per_octave``: kernel lengths per doubling — 2 (2, 2.8, 4, 5.7, 8, … px).
+      ``max_kernels``: distinct kernels per frame; rarer ones are replaced by the nearest kept one — 6.
+    """
+
+    blend: bool = True
+    blur: bool = True
+    dis_preset: str = "fast"
+    motion_threshold: float = 1.0
+    mask_cell_px: int = 4
+    mask_open_cells: int = 3
+    mask_close_cells: int = 5
+    num_ellipses: list[int] = field(default_factory=lambda: [1, 6])
+    ellipse_size: list[float] = field(default_factory=lambda: [0.04, 0.12])
+    ellipse_aspect: list[float] = field(default_factory=lambda: [1.0, 2.5])
+    blend_strength: list[float] = field(default_factory=lambda: [0.0, 0.75])
+    sample_sigma: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    block_size: int = 16
+    block_smoothing: int = 3
+    length_scale: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    max_length: float = 24.0
+    angle_bins: int = 12
+    length_steps_per_octave: int = 2
+    max_kernels: int = 6
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dis_preset not in DIS_PRESETS:
+            problems.append(f"dis_preset: unknown '{self.dis_preset}'; choose from {sorted(DIS_PRESETS)}")
+        if self.motion_threshold < 0:
+            problems.append(f"motion_threshold: must be >= 0 px/frame, got {self.motion_threshold}")
+        if self.mask_cell_px < 1:
+            problems.append(f"mask_cell_px: must be >= 1 px, got {self.mask_cell_px}")
+        for name in ("mask_open_cells", "mask_close_cells", "block_smoothing", "angle_bins",
+                     "length_steps_per_octave", "max_kernels"):
+            if getattr(self, name) < (0 if name.startswith("mask") else 1):
+                problems.append(f"{name}: must be >= {0 if name.startswith('mask') else 1}, "
+                                f"got {getattr(self, name)}")
+        ranges = {
+            "num_ellipses": (0, None), "ellipse_size": (1e-6, 1.0), "ellipse_aspect": (1.0, None),
+            "blend_strength": (0.0, 1.0), "sample_sigma": (0.0, None), "length_scale": (0.0, None),
+        }
+        for name, (lo, hi) in ranges.items():
+            value = getattr(self, name)
+            if len(value) != 2 or min(value) < lo or (hi is not None and max(value) > hi):
+                bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+                problems.append(f"{name}: expected [mild, severe] {bound}, got {value}")
+        if self.block_size < 2 or self.mask_cell_px < 1 or self.block_size % self.mask_cell_px:
+            problems.append(f"block_size: must be a multiple (>= 2) of mask_cell_px={self.mask_cell_px}, "
+                            f"got {self.block_size}")
+        if not 1.0 <= self.max_length <= 128.0:
+            problems.append(f"max_length: must be in [1, 128] px, got {self.max_length}")
+        if problems:
+            raise ValueError("invalid flow config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """One resolved draw of the ``flow`` op; every field ``apply_flow`` reads is here.
+
+    ``seed`` drives the per-frame ellipse centres. ``ellipses``: ``[semi_major, semi_minor, angle_deg]`` per
+    ellipse drawn in every frame (axes as fractions of the short side; angle from +x toward +y, i.e.
+    clockwise on screen). ``blend_strength``, ``sample_sigma`` (px) and ``length_scale`` are the clip's
+    draws; the other fields copy the config (see :class:`FlowConfig`).
+    """
+
+    seed: int
+    blend: bool
+    blur: bool
+    ellipses: list[list[float]]
+    blend_strength: float
+    sample_sigma: float
+    length_scale: float
+    dis_preset: str = "fast"
+    motion_threshold: float = 1.0
+    mask_cell_px: int = 4
+    mask_open_cells: int = 3
+    mask_close_cells: int = 5
+    block_size: int = 16
+    block_smoothing: int = 3
+    max_length: float = 24.0
+    angle_bins: int = 12
+    length_steps_per_octave: int = 2
+    max_kernels: int = 6
+
+
+def sample_flow(rng: np.random.Generator, cfg: FlowConfig, strength: float, num_frames: int) -> FlowParams:
+    """Draw one clip's flow-degradation settings (ellipse shapes, blend and blur strengths, a seed)."""
+    del num_frames  # settings hold for the whole clip; ellipse centres change per frame (from the seed)
+    lo, hi = base.scaled_range(cfg.num_ellipses, strength)
+    count = int(rng.integers(round(min(lo, hi)), round(max(lo, hi)) + 1))
+    ellipses = []
+    for _ in range(count):
+        semi_major = base.uniform(rng, cfg.ellipse_size, strength)
+        aspect = base.uniform(rng, cfg.ellipse_aspect, strength)
+        ellipses.append([semi_major, semi_major / aspect, float(rng.uniform(0.0, 180.0))])
+    return FlowParams(
+        seed=base.new_seed(rng),
+        blend=bool(cfg.blend),
+        blur=bool(cfg.blur),
+        ellipses=ellipses,
+        blend_strength=base.uniform(rng, cfg.blend_strength, strength),
+        sample_sigma=base.uniform(rng, cfg.sample_sigma, strength),
+        length_scale=base.uniform(rng, cfg.length_scale, strength),
+        dis_preset=cfg.dis_preset,
+        motion_threshold=float(cfg.motion_threshold),
+        mask_cell_px=int(cfg.mask_cell_px),
+        mask_open_cells=int(cfg.mask_open_cells),
+        mask_close_cells=int(cfg.mask_close_cells),
+        block_size=int(cfg.block_size),
+        block_smoothing=int(cfg.block_smoothing),
+        max_length=float(cfg.max_length),
+        angle_bins=int(cfg.angle_bins),
+        length_steps_per_octave=int(cfg.length_steps_per_octave),
+        max_kernels=int(cfg.max_kernels),
+    )
+
+
+def apply_flow(frames: np.ndarray, params: FlowParams, ctx: base.Context) -> np.ndarray:
+    """Blend previous-frame colours into moving regions, then blur them along their motion.
+
+    ``frames``: float32 ``(T, H, W, 3)`` RGB in [0, 1] (other values pass through; the flow is computed on
+    the clipped frames). Returns float32 ``(T, H, W, 3)``; every output pixel is a convex combination of
+    input pixels. Deterministic given ``frames`` and ``params``. ``ctx`` is unused: sizes are relative to
+    the frames themselves.
+    """
+    del ctx
+    frames = _check_frames(frames)
+    out = frames.copy()
+    do_blend = params.blend and params.blend_strength > 0 and len(params.ellipses) > 0
+    do_blur = params.blur and params.length_scale > 0
+    if len(frames) < 2 or not (do_blend or do_blur):
+        return out
+    templates = _ellipse_templates(params, min(frames.shape[1:3])) if do_blend else []
+    for t, flow in _flows_to_previous(frames, params.dis_preset):
+        field = _MotionField.measure(flow, params)
+        if do_blend and t > 0:
+            _blend_previous_colours(out[t], frames[t - 1], field, templates, params,
+                                    np.random.default_rng([params.seed, t]))
+        if do_blur:
+            _motion_blur(out[t], field, params)
+    return out
+
+
+def motion_magnitude(frames: np.ndarray, dis_preset: str = "fast") -> np.ndarray:
+    """Per-pixel motion in px/frame: ``|flow|`` with the ``flow`` op's DIS settings.
+
+    ``frames``: ``(T, H, W, 3)`` RGB, float in [0, 1] or uint8. Returns float32 ``(T, H, W)``; frame 0
+    uses the flow 1 → 0 (as the op does); a single frame gives zeros.
+    """
+    if np.asarray(frames).dtype == np.uint8:
+        frames = np.asarray(frames, np.float32) * np.float32(1 / 255)
+    frames = _check_frames(frames)
+    magnitude = np.zeros(frames.shape[:3], np.float32)
+    for t, flow in _flows_to_previous(frames, dis_preset):
+        magnitude[t] = cv2.magnitude(flow[..., 0], flow[..., 1])
+    return magnitude
+
+
+# --- flow and motion field ---------------------------------------------------------------------------
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (T, H, W, 3), got {frames.shape}")
+    if len(frames) > 1 and min(frames.shape[1:3]) < MIN_SIDE:
+        raise ValueError(f"flow needs frames of at least {MIN_SIDE}×{MIN_SIDE} px, got {frames.shape[1:3]}")
+    return frames
+
+
+def _grey_u8(frame: np.ndarray) -> np.ndarray:
+    """float RGB ``(H, W, 3)`` → uint8 luma ``(H, W)``, the input DIS takes."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    return cv2.convertScaleAbs(grey, alpha=255.0)  # rounds and saturates to [0, 255]
+
+
+def _flows_to_previous(frames: np.ndarray, preset: str) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(t, flow)`` for every frame: ``flow`` float32 ``(H, W, 2)`` maps frame t to frame t-1.
+
+    Frame 0 gets the flow 1 → 0, computed once and yielded again for frame 1.
+    """
+    if preset not in DIS_PRESETS:
+        raise ValueError(f"unknown dis_preset '{preset}'; choose from {sorted(DIS_PRESETS)}")
+    if len(frames) < 2:
+        return
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])  # one per call: nothing shared across threads
+    previous = _grey_u8(frames[0])
+    for t in range(1, len(frames)):
+        current = _grey_u8(frames[t])
+        flow = dis.calc(current, previous, None)
+        if t == 1:
+            yield 0, flow
+        yield t, flow
+        previous = current
+
+
+@dataclass(frozen=True)
+class _MotionField:
+    """One frame's flow with its cell and block averages and the cleaned motion mask.
+
+    ``flow``: float32 ``(H, W, 2)``. ``blocks``: float32 ``(rows, cols, 2)`` mean flow per block (the
+    frame is edge-padded to whole blocks). ``mask``: float32 ``(rows·k, cols·k)`` in {0, 1} per cell,
+    ``k = block_size / mask_cell_px``.
+    """
+
+    flow: np.ndarray
+    blocks: np.ndarray
+    mask: np.ndarray
+    cell: int
+
+    @classmethod
+    def measure(cls, flow: np.ndarray, params: FlowParams) -> _MotionField:
+        height, width = flow.shape[:2]
+        size, cell = params.block_size, params.mask_cell_px
+        rows, cols = -(-height // size), -(-width // size)
+        padded = flow
+        if rows * size != height or cols * size != width:
+            padded = cv2.copyMakeBorder(flow, 0, rows * size - height, 0, cols * size - width,
+                                        cv2.BORDER_REPLICATE)
+        per = size // cell
+        # Integer factors: INTER_AREA gives exact means (cells from pixels, blocks from cells).
+        cells = cv2.resize(padded, (cols * per, rows * per), interpolation=cv2.INTER_AREA)
+        blocks = cv2.resize(cells, (cols, rows), interpolation=cv2.INTER_AREA)
+        mask = (cv2.magnitude(cells[..., 0], cells[..., 1]) > params.motion_threshold).astype(np.uint8)
+        for diameter, op in ((params.mask_open_cells, cv2.MORPH_OPEN),
+                             (params.mask_close_cells, cv2.MORPH_CLOSE)):
+            if diameter > 1:
+                element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+                mask = cv2.morphologyEx(mask, op, element)
+        return cls(flow=flow, blocks=blocks, mask=mask.astype(np.float32), cell=cell)
+
+    def soft_mask(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """float32 ``(y1-y0, x1-x0)``: the mask upsampled bilinearly, cropped to the pixel box.
+
+        Equal to cropping a whole-frame upsampling: the cell sub-grid keeps one cell of context per side.
+        """
+        cell = self.cell
+        rows, cols = self.mask.shape
+        r0, r1 = max(y0 // cell - 1, 0), min(-(-y1 // cell) + 1, rows)
+        c0, c1 = max(x0 // cell - 1, 0), min(-(-x1 // cell) + 1, cols)
+        up = cv2.resize(self.mask[r0:r1, c0:c1], ((c1 - c0) * cell, (r1 - r0) * cell),
+                        interpolation=cv2.INTER_LINEAR)
+        return up[y0 - r0 * cell : y1 - r0 * cell, x0 - c0 * cell : x1 - c0 * cell]
+
+
+# --- colour blending ---------------------------------------------------------------------------------
+
+
+def _ellipse_templates(params: FlowParams, short_side: int) -> list[np.ndarray]:
+    """Per ellipse, float32 ``(2·hy + 1, 2·hx + 1)``: ``blend_strength · (1 - r²)²`` around the centre."""
+    templates = []
+    for semi_major, semi_minor, angle_deg in params.ellipses:
+        a, b = max(semi_major * short_side, 0.5), max(semi_minor * short_side, 0.5)
+        theta = math.radians(angle_deg)
+        cos, sin = math.cos(theta), math.sin(theta)
+        half_x = math.ceil(math.sqrt((a * cos) ** 2 + (b * sin) ** 2))
+        half_y = math.ceil(math.sqrt((a * sin) ** 2 + (b * cos) ** 2))
+        dy = np.arange(-half_y, half_y + 1, dtype=np.float32)[:, None]
+        dx = np.arange(-half_x, half_x + 1, dtype=np.float32)[None, :]
+        r2 = np.square((dx * cos + dy * sin) / a) + np.square((dy * cos - dx * sin) / b)
+        templates.append(np.square(np.clip(1.0 - r2, 0.0, 1.0)) * np.float32(params.blend_strength))
+    return templates
+
+
+def _blend_previous_colours(frame: np.ndarray, previous: np.ndarray, field: _MotionField,
+                            templates: list[np.ndarray], params: FlowParams,
+                            rng: np.random.Generator) -> None:
+    """Blend Gaussian-sampled colours of ``previous`` into elliptical moving regions of ``frame``, in place.
+
+    ``frame``, ``previous``: float32 ``(H, W, 3)``; ``field`` holds the flow from ``frame`` to
+    ``previous``. Each ellipse is processed on its bounding box only, so the cost follows its area.
+    """
+    moving = np.flatnonzero(field.mask)
+    if moving.size == 0:
+        return
+    height, width = frame.shape[:2]
+    cols, cell = field.mask.shape[1], field.cell
+    for template in templates:
+        row, col = divmod(int(moving[rng.integers(moving.size)]), cols)
+        cy = min(row * cell + int(rng.integers(cell)), height - 1)
+        cx = min(col * cell + int(rng.integers(cell)), width - 1)
+        half_y, half_x = template.shape[0] // 2, template.shape[1] // 2
+        y0, y1 = max(cy - half_y, 0), min(cy + half_y + 1, height)
+        x0, x1 = max(cx - half_x, 0), min(cx + half_x + 1, width)
+        weight = template[y0 - cy + half_y : y1 - cy + half_y, x0 - cx + half_x : x1 - cx + half_x]
+        weight = weight * field.soft_mask(y0, y1, x0, x1)
+        sampled = _sample_previous(previous, field.flow, (y0, y1, x0, x1), params.sample_sigma)
+        region = frame[y0:y1, x0:x1]
+        cv2.blendLinear(sampled, region, weight, 1.0 - weight, dst=region)  # writes through to ``frame``
+
+
+def _sample_previous(previous: np.ndarray, flow: np.ndarray, box: tuple[int, int, int, int],
+                     sigma: float) -> np.ndarray:
+    """Previous-frame colours at the flow-corresponding positions of ``box``, Gaussian-averaged.
+
+    The previous frame is warped onto the current one over ``box`` plus a 3σ margin, then blurred with
+    ``sigma`` px: each pixel gets a Gaussian-weighted mean of the colours corresponding to its neighbours.
+    """
+    y0, y1, x0, x1 = box
+    height, width = flow.shape[:2]
+    margin = math.ceil(3 * sigma) if sigma > 0 else 0
+    ey0, ey1 = max(y0 - margin, 0), min(y1 + margin, height)
+    ex0, ex1 = max(x0 - margin, 0), min(x1 + margin, width)
+    region = flow[ey0:ey1, ex0:ex1]
+    map_x = region[..., 0] + np.arange(ex0, ex1, dtype=np.float32)[None, :]
+    map_y = region[..., 1] + np.arange(ey0, ey1, dtype=np.float32)[:, None]
+    warped = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if sigma > 0:
+        warped = cv2.GaussianBlur(warped, (0, 0), sigma)
+    return warped[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+
+
+# --- motion blur -------------------------------------------------------------------------------------
+
+
+def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> None:
+    """Blur ``frame`` (float32 ``(H, W, 3)``, in place) along the block-wise motion of ``field``.
+
+    One job per kernel kind and connected group of its blocks. A job's weight is its block indicator
+    times the motion mask, both on the mask's cell grid, upsampled bilinearly: it fades over one cell
+    where the kind changes or the motion stops. Jobs read a snapshot of the frame and merge with
+    ``cv2.blendLinear`` under a running normalisation: the result is ``Σ_j w_j·blur_j + (1 - Σ_j w_j)·frame``.
+    """
+    height, width = frame.shape[:2]
+    ids = _block_kernel_ids(field, params)
+    kinds = np.unique(ids[ids >= 0])
+    if kinds.size == 0:
+        return
+    cell, per = field.cell, params.block_size // field.cell
+    cell_rows, cell_cols = field.mask.shape
+    jobs = []
+    for kind in kinds:
+        level, angle_bin = divmod(int(kind), params.angle_bins)
+        kernels = _line_kernels(level, angle_bin, params.angle_bins, params.length_steps_per_octave)
+        # One job per connected group: a box around scattered blocks would blur (and pay for) the gaps.
+        count, labels, stats, _ = cv2.connectedComponentsWithStats((ids == kind).astype(np.uint8),
+                                                                   connectivity=8)
+        for label in range(1, count):
+            left, top, span_x, span_y = (int(v) for v in stats[label, :4])
+            # The group's cells plus one cell of context (where its weight fades out), within the grid.
+            r0, r1 = max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows)
+            c0, c1 = max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols)
+            rows = np.arange(r0, r1) // per
+            cols = np.arange(c0, c1) // per
+            member = labels[rows[:, None], cols[None, :]] == label
+            cells = member * field.mask[r0:r1, c0:c1]
+            # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling: the context
+            # cell holds zeros either way, and at the frame border both replicate the edge cell.
+            weight = cv2.resize(cells, ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_LINEAR)
+            box = (r0 * cell, min(r1 * cell, height), c0 * cell, min(c1 * cell, width))
+            jobs.append((box, kernels, weight[: box[1] - box[0], : box[3] - box[2]]))
+    # Every job reads from one snapshot of the union of their boxes (plus the widest kernel reach,
+    # edge-replicated at the frame border), so blurs never see each other's output.
+    reach = max(_reach(kernels) for _, kernels, _ in jobs)
+    uy0, uy1 = min(box[0] for box, _, _ in jobs), max(box[1] for box, _, _ in jobs)
+    ux0, ux1 = min(box[2] for box, _, _ in jobs), max(box[3] for box, _, _ in jobs)
+    source = _replicated_crop(frame, uy0 - reach, uy1 + reach, ux0 - reach, ux1 + reach)
+    running = np.ones((uy1 - uy0, ux1 - ux0), np.float32)  # becomes 1 − Σ_j w_j: weight left on the frame
+    for (y0, y1, x0, x1), _, weight in jobs:
+        running[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] -= weight
+    for (y0, y1, x0, x1), kernels, weight in jobs:
+        k_reach = _reach(kernels)
+        oy, ox = y0 - uy0 + reach, x0 - ux0 + reach
+        blurred = source[oy - k_reach : oy + (y1 - y0) + k_reach, ox - k_reach : ox + (x1 - x0) + k_reach]
+        for kernel in kernels:
+            blurred = cv2.filter2D(blurred, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+        blurred = blurred[k_reach : k_reach + y1 - y0, k_reach : k_reach + x1 - x0]
+        acc = running[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]
+        target = frame[y0:y1, x0:x1]
+        # (w·blur + S·current) / (w + S) with S the weight merged so far; blendLinear adds 1e-5 to the
+        # denominator (a relative error ≤ 1e-5).
+        cv2.blendLinear(blurred, target, weight, acc, dst=target)
+        acc += weight
+
+
+def _replicated_crop(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """A copy of ``image[y0:y1, x0:x1]`` where out-of-frame rows/columns repeat the nearest edge."""
+    height, width = image.shape[:2]
+    cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)
+    crop = image[cy0:cy1, cx0:cx1]
+    pads = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+    if any(pads):
+        return cv2.copyMakeBorder(crop, *pads, cv2.BORDER_REPLICATE)
+    return crop.copy()
+
+
+def _reach(kernels: tuple[np.ndarray, ...]) -> int:
+    """How far (px) applying ``kernels`` in turn reads from a pixel."""
+    return sum(max(kernel.shape) // 2 for kernel in kernels)
+
+
+def _block_kernel_ids(field: _MotionField, params: FlowParams) -> np.ndarray:
+    """int ``(rows, cols)``: each block's line-kernel id ``level · angle_bins + angle_bin``, -1 for none.
+
+    Blocks at or below the motion threshold, or whose quantised length is under 2 px, get none. Moving
+    blocks take the mean vector of their moving neighbours (``block_smoothing``). When more than
+    ``max_kernels`` ids occur, the rarer ones become the nearest kept id (distance in octaves of length and
+    in 22.5° steps of direction), which bounds the work per frame.
+    """
+    blocks = field.blocks
+    speed = np.hypot(blocks[..., 0], blocks[..., 1])
+    moving = speed > params.motion_threshold
+    if params.block_smoothing > 1:
+        window = (params.block_smoothing, params.block_smoothing)
+        weight = moving.astype(np.float32)
+        total = cv2.blur(blocks * weight[..., None], window, borderType=cv2.BORDER_REPLICATE)
+        count = cv2.blur(weight, window, borderType=cv2.BORDER_REPLICATE)
+        blocks = np.where(moving[..., None], total / np.maximum(count, 1e-6)[..., None], blocks)
+        speed = np.hypot(blocks[..., 0], blocks[..., 1])
+    length = np.clip(params.length_scale * speed, 1.0, params.max_length)
+    steps, bins = params.length_steps_per_octave, params.angle_bins
+    level = np.rint(steps * np.log2(length)).astype(np.int64)
+    # A line kernel is symmetric, so directions are taken modulo 180°.
+    angle = np.mod(np.arctan2(blocks[..., 1], blocks[..., 0]), np.pi)
+    angle_bin = np.rint(angle / (np.pi / bins)).astype(np.int64) % bins
+    ids = np.where(moving & (level >= steps), level * bins + angle_bin, -1)
+    kinds, counts = np.unique(ids[ids >= 0], return_counts=True)
+    if kinds.size <= params.max_kernels:
+        return ids
+    kept = kinds[np.lexsort((kinds, -counts))[: params.max_kernels]]  # most blocks first, ties by id
+    chosen = ids >= 0
+    d_level = (level[chosen][:, None] - kept[None, :] // bins) / steps
+    d_angle = np.abs(angle_bin[chosen][:, None] - kept[None, :] % bins)
+    d_angle = np.minimum(d_angle, bins - d_angle) * (180.0 / bins) / 22.5
+    ids[chosen] = kept[np.argmin(d_level**2 + d_angle**2, axis=1)]
+    return ids
+
+
+@functools.lru_cache(maxsize=1024)
+def _line_kernels(level: int, angle_bin: int, angle_bins: int, steps: int) -> tuple[np.ndarray, ...]:
+    """Kernels whose successive application is a centred box blur along a line.
+
+    The line has length ``2 ** (level / steps)`` px and direction ``angle_bin · 180° / angle_bins``. A
+    kernel larger than :data:`MAX_DIRECT_KERNEL_AREA` is split as box(L) = box(L/2) ∗ {two taps at ±L/4},
+    recursively, so every factor stays on ``filter2D``'s direct, sparse path.
+    """
+    length = 2.0 ** (level / steps)
+    theta = angle_bin * math.pi / angle_bins
+    direction = (math.cos(theta), math.sin(theta))
+    taps: list[np.ndarray] = []
+    while True:
+        kernel = _splat(direction, _box_positions(length))
+        if kernel.size <= MAX_DIRECT_KERNEL_AREA:
+            break
+        taps.append(_splat(direction, np.array([-length / 4, length / 4])))
+        length /= 2
+    return (kernel, *taps)
+
+
+def _box_positions(length: float) -> np.ndarray:
+    """Offsets along the line sampling a box of ``length`` px, at most a quarter pixel apart."""
+    count = max(2, math.ceil(4 * length))
+    return (np.arange(count) + 0.5) * (length / count) - length / 2
+
+
+def _splat(direction: tuple[float, float], offsets: np.ndarray) -> np.ndarray:
+    """Equal-weight points at ``offsets`` along ``direction``, splatted bilinearly into an odd-sized kernel.
+
+    Returns float32 ``(2·hy + 1, 2·hx + 1)`` summing to 1, centred on the origin.
+    """
+    # Rounding keeps axis-aligned lines exactly on the axis (cos 90° is 6e-17, not 0).
+    xs, ys = np.round(offsets * direction[0], 9), np.round(offsets * direction[1], 9)
+    half_x, half_y = math.ceil(np.abs(xs).max()), math.ceil(np.abs(ys).max())
+    xs, ys = xs + half_x, ys + half_y
+    fx, fy = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    wx, wy = xs - fx, ys - fy
+    kernel = np.zeros((2 * half_y + 1, 2 * half_x + 1), np.float64)
+    for oy, weight_y in ((0, 1 - wy), (1, wy)):
+        for ox, weight_x in ((0, 1 - wx), (1, wx)):
+            # Where a weight is 0 the neighbour may lie outside the kernel: clamp the index, add nothing.
+            rows, cols = np.minimum(fy + oy, 2 * half_y), np.minimum(fx + ox, 2 * half_x)
+            np.add.at(kernel, (rows, cols), weight_y * weight_x)
+    return (kernel / kernel.sum()).astype(np.float32)
