@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "default 0)")
     proto.add_argument("--no-align-check", dest="align_check", action="store_false",
                        help="skip the global-shift check against the ground truth")
-    proto.add_argument("--align-tolerance", type=float, default=0.5,
-                       help="flag outputs shifted by at least this many px (default 0.5)")
+    proto.add_argument("--align-tolerance", type=float, default=1.0,
+                       help="flag outputs shifted by at least this many px (default 1.0)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="results parquet (resumed when it exists)")
     run.add_argument("--weights-dir", help="weights folder (default $CASCADEVSR_HOME/weights)")

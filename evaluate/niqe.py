@@ -118,12 +118,13 @@ def niqe_luma(y: torch.Tensor, mu_p: np.ndarray, cov_p: np.ndarray, window: np.n
     """NIQE of ``(N, 1, H, W)`` float64 luma on the 0–255 scale (already rounded/cropped) → ``(N,)``.
 
     Raises:
-        ValueError: frames smaller than one 96×96 block.
+        ValueError: frames holding fewer than two 96×96 blocks (no covariance can be fitted).
     """
     n, _, h, w = y.shape
     nh, nw = h // BLOCK, w // BLOCK
-    if nh == 0 or nw == 0:
-        raise ValueError(f"NIQE needs frames of at least {BLOCK}×{BLOCK} pixels, got {h}×{w}")
+    if nh * nw < 2:
+        raise ValueError(f"NIQE needs frames of at least two {BLOCK}×{BLOCK} blocks (e.g. {BLOCK}×{2 * BLOCK}), "
+                         f"got {w}×{h} after cropping")
     dev = y.device
     y = y[..., : nh * BLOCK, : nw * BLOCK]
     win = torch.from_numpy(window).to(dev)

@@ -110,7 +110,7 @@ class EvalConfig:
     weights_dir: Path | None = None
     workers: int = 2
     align_check: bool = True
-    align_tolerance: float = 0.5
+    align_tolerance: float = 1.0
     save_outputs: Path | None = None
     strict_clips: bool = False
 
@@ -372,7 +372,8 @@ def build_protocol(cfg: EvalConfig, metrics: dict[str, Metric],
         "crop_border_applies_to": [n for n, m in metrics.items() if "crop_border" in m.options],
         "colour_space": {n: _colour_space(m) for n, m in metrics.items()},
         "frames": {"start": cfg.start, "end": cfg.end, "step": cfg.step},
-        "alignment": {"enabled": cfg.align_check, "radius_px": 3, "samples": 5,
+        "alignment": {"enabled": cfg.align_check, "radius_px": temporal.ALIGN_RADIUS,
+                      "samples": temporal.ALIGN_SAMPLES, "smoothing_sigma_px": temporal.ALIGN_SIGMA,
                       "tolerance_px": cfg.align_tolerance},
         "metrics": {n: m.describe() for n, m in metrics.items()},
         "methods": method_desc,
@@ -495,12 +496,19 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
                     dx, dy = temporal.clip_shift(_to_tensor(pred), _to_tensor(ref))
                     records += [(m.name, clip, None, "align_dx", dx), (m.name, clip, None, "align_dy", dy)]
                     continue
-                scores = score_clip(metrics[n], pred, ref, cfg.batch_size)
-                keep = ~np.isnan(scores)
+                try:
+                    scores = score_clip(metrics[n], pred, ref, cfg.batch_size)
+                except ValueError as err:
+                    raise UserError(f"metric '{n}' cannot score clip '{clip}': {err}.") from None
+                # A temporal metric has no value for the first frame; any other NaN is a real "undefined".
+                keep = np.ones(len(scores), bool)
+                if metrics[n].temporal:
+                    keep[0] = False
                 records += [(m.name, clip, int(f), n, float(v)) for f, v in zip(frame_ids[keep], scores[keep],
                                                                                 strict=True)]
-                if keep.any():
-                    records.append((m.name, clip, None, n, float(np.mean(scores[keep]))))
+                vals = scores[keep]
+                mean = float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else math.nan
+                records.append((m.name, clip, None, n, mean))
                 computed.append((m.name, clip, n))
             part = pdir / f"{_job_key(m.name, clip)}-{uuid.uuid4().hex[:8]}.parquet"
             write_results(_as_rows(records), part, None)

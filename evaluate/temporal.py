@@ -18,13 +18,15 @@ consistent (Sundaram et al. 2010, as in Lai et al. 2018): with ``b = f_{t→t−
   cheap, 0 for a clip against itself.
 
 The global-shift check estimates the translation of an output against the ground truth by exhaustive
-integer search in ±3 px on luma MSE, refined to sub-pixel by a parabola through the neighbours.
+integer search in ±3 px on the MSE of smoothed luma (summed over a few frames), refined to sub-pixel by
+a parabola through the neighbours of the minimum.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import threading
 
 import cv2
@@ -148,12 +150,11 @@ def _parabola_offset(m_minus: float, m0: float, m_plus: float) -> float:
     return float(np.clip(0.5 * (m_minus - m_plus) / denom, -0.5, 0.5))
 
 
-def estimate_shift(pred: np.ndarray, ref: np.ndarray, radius: int = 3) -> tuple[float, float]:
-    """Global translation (dx, dy) in px of ``pred`` relative to ``ref`` (luma ``(H, W)`` float32).
+def shift_scores(pred: np.ndarray, ref: np.ndarray, radius: int = 3) -> np.ndarray:
+    """MSE of ``pred`` moved by every integer (dy, dx) in ±``radius`` against ``ref``: ``(2r+1, 2r+1)``.
 
-    Positive dx means the content of ``pred`` sits to the right of where it is in ``ref``: ``pred(x) ≈
-    ref(x − dx)``. Integer search over ``[-radius, radius]²`` on the MSE of the overlap, then a parabola per
-    axis through the best score and its neighbours (sub-pixel). A result of ±``radius`` means "at least".
+    Entry ``[dy + r, dx + r]`` is small when ``pred(y + dy, x + dx) ≈ ref(y, x)``, i.e. when the content of
+    ``pred`` sits ``(dx, dy)`` px right and down of where it is in ``ref``.
     """
     h, w = ref.shape
     r = radius
@@ -165,20 +166,51 @@ def estimate_shift(pred: np.ndarray, ref: np.ndarray, radius: int = 3) -> tuple[
         for ix, dx in enumerate(range(-r, r + 1)):
             moved = pred[r + dy:h - r + dy, r + dx:w - r + dx]
             scores[iy, ix] = float(np.mean((moved - core) ** 2))
+    return scores
+
+
+def best_shift(scores: np.ndarray) -> tuple[float, float]:
+    """(dx, dy) at the minimum of a shift-score grid, refined by a parabola per axis (sub-pixel)."""
+    r = scores.shape[0] // 2
     iy, ix = np.unravel_index(np.argmin(scores), scores.shape)
     fx = _parabola_offset(scores[iy, ix - 1], scores[iy, ix], scores[iy, ix + 1]) if 0 < ix < 2 * r else 0.0
     fy = _parabola_offset(scores[iy - 1, ix], scores[iy, ix], scores[iy + 1, ix]) if 0 < iy < 2 * r else 0.0
-    return ix - r + fx, iy - r + fy
+    return float(ix - r + fx), float(iy - r + fy)
 
 
-def clip_shift(pred: torch.Tensor, ref: torch.Tensor, samples: int = 5,
-               radius: int = 3) -> tuple[float, float]:
-    """Median global shift (dx, dy) over up to ``samples`` evenly spaced frames of ``(T, 3, H, W)`` clips."""
+ALIGN_RADIUS = 3  # px searched in each direction
+ALIGN_SAMPLES = 8  # frames per clip whose score grids are summed
+ALIGN_SIGMA = 1.5  # Gaussian low-pass (px) applied to both lumas first
+
+
+def _smooth_luma(x: torch.Tensor) -> np.ndarray:
+    # Comparing low-passed luma makes the score landscape smooth and insensitive to noise and to texture
+    # a generative method invents, which are not misalignment.
+    return cv2.GaussianBlur(to_uint8_gray(x)[0].astype(np.float32), (0, 0), ALIGN_SIGMA)
+
+
+# Below this mean gradient magnitude (grey levels per px of the smoothed ground truth) a frame has too
+# little structure to locate, e.g. a plain wall; the shift is then reported as unknown (NaN).
+MIN_STRUCTURE = 1.0
+
+
+def clip_shift(pred: torch.Tensor, ref: torch.Tensor, samples: int = ALIGN_SAMPLES,
+               radius: int = ALIGN_RADIUS) -> tuple[float, float]:
+    """Global shift (dx, dy) in px of ``pred`` against ``ref`` (``(T, 3, H, W)`` clips in [0, 1]).
+
+    Score grids of up to ``samples`` evenly spaced frames are summed before the minimum is taken, so one
+    ambiguous frame cannot decide. ±``radius`` means "at least that much"; NaN means "no structure".
+    """
     idx = np.unique(np.linspace(0, len(pred) - 1, min(samples, len(pred))).round().astype(int))
-    shifts = []
+    total = np.zeros((2 * radius + 1, 2 * radius + 1))
+    used = 0
     for i in idx:
-        p = to_uint8_gray(pred[i:i + 1])[0].astype(np.float32)
-        g = to_uint8_gray(ref[i:i + 1])[0].astype(np.float32)
-        shifts.append(estimate_shift(p, g, radius))
-    arr = np.asarray(shifts)
-    return float(np.median(arr[:, 0])), float(np.median(arr[:, 1]))
+        g = _smooth_luma(ref[i:i + 1])
+        gy, gx = np.gradient(g)
+        if float(np.mean(np.hypot(gx, gy))) < MIN_STRUCTURE:
+            continue
+        total += shift_scores(_smooth_luma(pred[i:i + 1]), g, radius)
+        used += 1
+    if used == 0:
+        return math.nan, math.nan
+    return best_shift(total)
