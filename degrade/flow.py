@@ -87,7 +87,9 @@ class FlowConfig:
       ``max_length``: px cap on the blur length — 24.
       ``angle_bins``: kernel directions over 180° — 12 (15° apart).
       ``length_steps_per_octave``: kernel lengths per doubling — 2 (2, 2.8, 4, 5.7, 8, … px).
-      ``max_kernels``: distinct kernels per frame; rarer ones are replaced by the nearest kept one — 6.
+      ``max_kernels``: distinct kernels per frame; rarer ones are replaced by the nearest kept one — 4.
+      Each kernel costs a pass over the blocks that use it; 4 covers a moving object and its background
+      motion, and bounds the cost for frames where everything moves (see benchmarks/flow_throughput.py).
     """
 
     blend: bool = True
@@ -108,7 +110,7 @@ class FlowConfig:
     max_length: float = 24.0
     angle_bins: int = 12
     length_steps_per_octave: int = 2
-    max_kernels: int = 6
+    max_kernels: int = 4
 
     def __post_init__(self) -> None:
         problems = []
@@ -168,7 +170,7 @@ class FlowParams:
     max_length: float = 24.0
     angle_bins: int = 12
     length_steps_per_octave: int = 2
-    max_kernels: int = 6
+    max_kernels: int = 4
 
 
 def sample_flow(rng: np.random.Generator, cfg: FlowConfig, strength: float, num_frames: int) -> FlowParams:
@@ -420,7 +422,8 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
     for kind in kinds:
         level, angle_bin = divmod(int(kind), params.angle_bins)
         kernels = _line_kernels(level, angle_bin, params.angle_bins, params.length_steps_per_octave)
-        # One job per connected group: a box around scattered blocks would blur (and pay for) the gaps.
+        # One job per connected group of blocks: a box around scattered blocks would blur (and pay for) the
+        # gaps between them.
         count, labels, stats, _ = cv2.connectedComponentsWithStats((ids == kind).astype(np.uint8),
                                                                    connectivity=8)
         for label in range(1, count):
@@ -428,26 +431,27 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
             # The group's cells plus one cell of context (where its weight fades out), within the grid.
             r0, r1 = max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows)
             c0, c1 = max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols)
-            rows = np.arange(r0, r1) // per
-            cols = np.arange(c0, c1) // per
-            member = labels[rows[:, None], cols[None, :]] == label
+            member = labels[top : top + span_y, left : left + span_x] == label
+            member = np.pad(np.repeat(np.repeat(member, per, axis=0), per, axis=1),
+                            ((top * per - r0, r1 - (top + span_y) * per),
+                             (left * per - c0, c1 - (left + span_x) * per)))
             cells = member * field.mask[r0:r1, c0:c1]
             # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling: the context
             # cell holds zeros either way, and at the frame border both replicate the edge cell.
             weight = cv2.resize(cells, ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_LINEAR)
             box = (r0 * cell, min(r1 * cell, height), c0 * cell, min(c1 * cell, width))
-            jobs.append((box, kernels, weight[: box[1] - box[0], : box[3] - box[2]]))
+            jobs.append((box, kernels, _reach(kernels), weight[: box[1] - box[0], : box[3] - box[2]]))
     # Every job reads from one snapshot of the union of their boxes (plus the widest kernel reach,
     # edge-replicated at the frame border), so blurs never see each other's output.
-    reach = max(_reach(kernels) for _, kernels, _ in jobs)
-    uy0, uy1 = min(box[0] for box, _, _ in jobs), max(box[1] for box, _, _ in jobs)
-    ux0, ux1 = min(box[2] for box, _, _ in jobs), max(box[3] for box, _, _ in jobs)
+    boxes = np.array([job[0] for job in jobs])
+    uy0, ux0 = (int(v) for v in boxes[:, [0, 2]].min(axis=0))
+    uy1, ux1 = (int(v) for v in boxes[:, [1, 3]].max(axis=0))
+    reach = max(job[2] for job in jobs)
     source = _replicated_crop(frame, uy0 - reach, uy1 + reach, ux0 - reach, ux1 + reach)
     running = np.ones((uy1 - uy0, ux1 - ux0), np.float32)  # becomes 1 − Σ_j w_j: weight left on the frame
-    for (y0, y1, x0, x1), _, weight in jobs:
+    for (y0, y1, x0, x1), _, _, weight in jobs:
         running[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] -= weight
-    for (y0, y1, x0, x1), kernels, weight in jobs:
-        k_reach = _reach(kernels)
+    for (y0, y1, x0, x1), kernels, k_reach, weight in jobs:
         oy, ox = y0 - uy0 + reach, x0 - ux0 + reach
         blurred = source[oy - k_reach : oy + (y1 - y0) + k_reach, ox - k_reach : ox + (x1 - x0) + k_reach]
         for kernel in kernels:
@@ -483,7 +487,7 @@ def _block_kernel_ids(field: _MotionField, params: FlowParams) -> np.ndarray:
     Blocks at or below the motion threshold, or whose quantised length is under 2 px, get none. Moving
     blocks take the mean vector of their moving neighbours (``block_smoothing``). When more than
     ``max_kernels`` ids occur, the rarer ones become the nearest kept id (distance in octaves of length and
-    in 22.5° steps of direction), which bounds the work per frame.
+    in 22.5° steps of direction), and isolated blocks join their neighbours: both bound the work per frame.
     """
     blocks = field.blocks
     speed = np.hypot(blocks[..., 0], blocks[..., 1])
@@ -503,15 +507,32 @@ def _block_kernel_ids(field: _MotionField, params: FlowParams) -> np.ndarray:
     angle_bin = np.rint(angle / (np.pi / bins)).astype(np.int64) % bins
     ids = np.where(moving & (level >= steps), level * bins + angle_bin, -1)
     kinds, counts = np.unique(ids[ids >= 0], return_counts=True)
-    if kinds.size <= params.max_kernels:
-        return ids
-    kept = kinds[np.lexsort((kinds, -counts))[: params.max_kernels]]  # most blocks first, ties by id
-    chosen = ids >= 0
-    d_level = (level[chosen][:, None] - kept[None, :] // bins) / steps
-    d_angle = np.abs(angle_bin[chosen][:, None] - kept[None, :] % bins)
-    d_angle = np.minimum(d_angle, bins - d_angle) * (180.0 / bins) / 22.5
-    ids[chosen] = kept[np.argmin(d_level**2 + d_angle**2, axis=1)]
-    return ids
+    if kinds.size > params.max_kernels:
+        kept = kinds[np.lexsort((kinds, -counts))[: params.max_kernels]]  # most blocks first, ties by id
+        chosen = ids >= 0
+        d_level = (level[chosen][:, None] - kept[None, :] // bins) / steps
+        d_angle = np.abs(angle_bin[chosen][:, None] - kept[None, :] % bins)
+        d_angle = np.minimum(d_angle, bins - d_angle) * (180.0 / bins) / 22.5
+        ids[chosen] = kept[np.argmin(d_level**2 + d_angle**2, axis=1)]
+    return _absorb_isolated(ids)
+
+
+def _absorb_isolated(ids: np.ndarray) -> np.ndarray:
+    """Give a moving block that shares its id with none of its 8 neighbours the commonest neighbouring id.
+
+    Such blocks are mostly DIS noise at object boundaries; each would otherwise cost a job of its own.
+    Only ids held by at least two neighbours are taken; static blocks (-1) neither change nor spread.
+    """
+    rows, cols = ids.shape
+    padded = np.pad(ids, 1, constant_values=-1)
+    neighbours = np.stack([padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols]
+                           for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=-1)  # (rows, cols, 8)
+    valid = neighbours >= 0
+    votes = ((neighbours[..., :, None] == neighbours[..., None, :]) & valid[..., None, :]).sum(axis=-1)
+    votes = np.where(valid, votes, -1)
+    best = np.take_along_axis(neighbours, votes.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    isolated = (ids >= 0) & ~(neighbours == ids[..., None]).any(axis=-1) & (votes.max(axis=-1) >= 2)
+    return np.where(isolated, best, ids)
 
 
 @functools.lru_cache(maxsize=1024)
