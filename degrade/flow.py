@@ -436,11 +436,15 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
                             ((top * per - r0, r1 - (top + span_y) * per),
                              (left * per - c0, c1 - (left + span_x) * per)))
             cells = member * field.mask[r0:r1, c0:c1]
+            if not cells.any():
+                continue  # the cleaned motion mask says still: nothing to blur
             # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling: the context
             # cell holds zeros either way, and at the frame border both replicate the edge cell.
             weight = cv2.resize(cells, ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_LINEAR)
             box = (r0 * cell, min(r1 * cell, height), c0 * cell, min(c1 * cell, width))
             jobs.append((box, kernels, _reach(kernels), weight[: box[1] - box[0], : box[3] - box[2]]))
+    if not jobs:
+        return
     # Every job reads from one snapshot of the union of their boxes (plus the widest kernel reach,
     # edge-replicated at the frame border), so blurs never see each other's output.
     boxes = np.array([job[0] for job in jobs])
@@ -527,12 +531,16 @@ def _absorb_isolated(ids: np.ndarray) -> np.ndarray:
     padded = np.pad(ids, 1, constant_values=-1)
     neighbours = np.stack([padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols]
                            for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=-1)  # (rows, cols, 8)
-    valid = neighbours >= 0
-    votes = ((neighbours[..., :, None] == neighbours[..., None, :]) & valid[..., None, :]).sum(axis=-1)
-    votes = np.where(valid, votes, -1)
-    best = np.take_along_axis(neighbours, votes.argmax(axis=-1)[..., None], axis=-1)[..., 0]
-    isolated = (ids >= 0) & ~(neighbours == ids[..., None]).any(axis=-1) & (votes.max(axis=-1) >= 2)
-    return np.where(isolated, best, ids)
+    isolated = (ids >= 0) & ~(neighbours == ids[..., None]).any(axis=-1)
+    if not isolated.any():
+        return ids
+    around = neighbours[isolated]  # (n, 8)
+    valid = around >= 0
+    votes = np.where(valid, ((around[:, :, None] == around[:, None, :]) & valid[:, None, :]).sum(axis=-1), -1)
+    best = around[np.arange(len(around)), votes.argmax(axis=-1)]
+    out = ids.copy()
+    out[isolated] = np.where(votes.max(axis=-1) >= 2, best, ids[isolated])
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
