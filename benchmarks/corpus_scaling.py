@@ -1,0 +1,159 @@
+"""Corpus builder scaling and loader throughput, side by side on the same real input.
+
+Builds the same corpus three times from ``bigbuckbunny.mp4`` (1280×720, the 720p clip of the cache):
+17-frame clips every 8 frames, HR 1280×720, x4, ``realbasicvsr``, one clip per shard:
+
+* (a) ``--workers 0``: the plain single-process loop over ``process_shard`` (no Ray at all);
+* (b) ``--workers 1``: one Ray worker;
+* (c) ``--workers 2``: two Ray workers.
+
+and reports Ray's overhead ``b / a`` and the two-worker speedup ``b / c``, both on the whole build's wall
+time (Ray start and shutdown included) and on the shard phase alone, plus clip pairs/s/core. The three
+corpora must be byte-identical (checked). Then the loader: clips/s through ``pair_loader`` from the
+shards (decode HR + LR, 64-px LR crops; 32 with --quick) against decoding the same 17-frame ranges from
+the source video, and against decoding plus synthesising the pair on the fly.
+
+Every task runs on one thread (``threads_per_task = 1``; ``OMP_NUM_THREADS=1``), so a worker is a core.
+Prints two JSON lines.
+
+    python benchmarks/corpus_scaling.py [--clips 8] [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from cascadevsr.datasets.builder import build_corpus, load_plan  # noqa: E402
+from cascadevsr.datasets.config import CorpusConfig  # noqa: E402
+from cascadevsr.datasets.loader import pair_loader  # noqa: E402
+
+from cascadevsr.paths import clips_dir  # noqa: E402
+from cascadevsr.video import read_frames  # noqa: E402
+
+SOURCE = "bigbuckbunny.mp4"
+
+
+def build(workdir: Path, name: str, workers: int, clips: int, hr_size: tuple[int, int]) -> dict:
+    """One full build; wall time of ``build_corpus`` and its own phase timings."""
+    cfg = CorpusConfig(inputs=(str(clips_dir() / SOURCE),), out=str(workdir / name), preset="realbasicvsr",
+                       clip_frames=17, stride=8, max_clips_per_video=clips, hr_size=hr_size, scale=4.0,
+                       samples_per_shard=1, workers=workers, seed=0)
+    t0 = time.perf_counter()
+    report = build_corpus(cfg, show_progress=False, announce=None)
+    wall = time.perf_counter() - t0
+    assert report.complete and report.stats["clips"]["samples"] == clips, report.stats
+    tp = report.stats["throughput"]
+    return {"wall_s": round(wall, 2), "shard_s": tp["shard_seconds"], "scan_s": tp["scan_seconds"]}
+
+
+def differing(a: Path, b: Path) -> list[str]:
+    """Shard tars of ``b`` whose bytes differ from (or are missing in) ``a``."""
+    tars = sorted({p.name for p in a.glob("shard-*.tar")} | {p.name for p in b.glob("shard-*.tar")})
+    return [f"{b.name}/{t}" for t in tars
+            if not (a / t).exists() or not (b / t).exists() or (a / t).read_bytes() != (b / t).read_bytes()]
+
+
+def loader_rate(corpus: Path, passes: int, crop: int) -> float:
+    """Clips/s through pair_loader (main process, LR crops of ``crop`` px)."""
+    loader = pair_loader(corpus, batch_size=1, num_workers=0, crop_size=crop, shuffle_buffer=1)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(passes):
+        for batch in loader:
+            n += len(batch["__key__"])
+    return n / (time.perf_counter() - t0)
+
+
+def source_rate(corpus: Path, passes: int) -> float:
+    """Clips/s decoding the same frame ranges from the source video (what a loader without shards reads)."""
+    clips, _ = load_plan(corpus)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(passes):
+        for c in clips:
+            read_frames(c.source, c.start, c.end)
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def on_the_fly_rate(corpus: Path) -> float:
+    """Clips/s decoding the source ranges and synthesising the pair (a loader without a corpus)."""
+    import numpy as np
+    from cascadevsr.datasets.sources import fit_hr
+    from cascadevsr.degrade.pipeline import degrade_clip, load_preset
+
+    clips, _ = load_plan(corpus)
+    cfg = json.loads((corpus / "config.json").read_text())
+    preset = load_preset(cfg["preset"])
+    t0 = time.perf_counter()
+    for c in clips:
+        hr, _ = fit_hr(read_frames(c.source, c.start, c.end), tuple(cfg["hr_size"]), "resize", False,
+                       np.random.default_rng(0))
+        degrade_clip(hr, preset, c.seed, scale=cfg["scale"], fps=c.fps)
+    return len(clips) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=8, help="clips (= shards) per build; even (default 8)")
+    parser.add_argument("--quick", action="store_true", help="HR 320x180 instead of 1280x720 (smoke run)")
+    parser.add_argument("--keep", help="build in this folder and keep the corpora (default: a temporary one)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    hr_size = (180, 320) if args.quick else (720, 1280)
+    workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="corpus-bench-"))
+    if args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rb", dir="/tmp"))
+    try:
+        runs = {name: build(workdir, name, w, args.clips, hr_size)
+                for name, w in (("loop", 0), ("ray1", 1), ("ray2", 2))}
+        diff = [t for other in ("ray1", "ray2") for t in differing(workdir / "loop", workdir / other)]
+        a, b, c = runs["loop"], runs["ray1"], runs["ray2"]
+        print(json.dumps({
+            "bench": "corpus_scaling", "source": SOURCE, "preset": "realbasicvsr", "clip_frames": 17,
+            "hr_size": f"{hr_size[1]}x{hr_size[0]}", "clips": args.clips, "cores": os.cpu_count(),
+            "runs": runs, "identical_outputs": not diff, "differing_shards": diff,
+            "ray_overhead_wall": round(b["wall_s"] / a["wall_s"], 3),
+            "ray_overhead_shards": round(b["shard_s"] / a["shard_s"], 3),
+            "speedup_2_workers_wall": round(b["wall_s"] / c["wall_s"], 3),
+            "speedup_2_workers_shards": round(b["shard_s"] / c["shard_s"], 3),
+            "pairs_per_s_per_core_loop": round(args.clips / a["shard_s"], 4),
+            "pairs_per_s_per_core_ray2": round(args.clips / c["shard_s"] / 2, 4),
+            "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        }), flush=True)
+        corpus = workdir / "loop"
+        crop = 32 if args.quick else 64
+        from_shards, from_source, on_the_fly = loader_rate(corpus, 2, crop), source_rate(corpus, 2), \
+            on_the_fly_rate(corpus)
+        print(json.dumps({
+            "bench": "loader_throughput", "hr_size": f"{hr_size[1]}x{hr_size[0]}", "clip_frames": 17,
+            "lr_crop": crop,
+            "loader_clips_per_s": round(from_shards, 3), "source_decode_clips_per_s": round(from_source, 3),
+            "source_decode_and_degrade_clips_per_s": round(on_the_fly, 3),
+            "loader_vs_source_decode": round(from_shards / from_source, 3),
+            "loader_vs_on_the_fly": round(from_shards / on_the_fly, 3),
+        }), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
