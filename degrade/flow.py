@@ -417,6 +417,7 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
     if kinds.size == 0:
         return
     cell, per = field.cell, params.block_size // field.cell
+    rows, cols = ids.shape
     cell_rows, cell_cols = field.mask.shape
     jobs = []
     for kind in kinds:
@@ -431,10 +432,12 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
             # The group's cells plus one cell of context (where its weight fades out), within the grid.
             r0, r1 = max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows)
             c0, c1 = max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols)
-            member = labels[top : top + span_y, left : left + span_x] == label
-            member = np.pad(np.repeat(np.repeat(member, per, axis=0), per, axis=1),
-                            ((top * per - r0, r1 - (top + span_y) * per),
-                             (left * per - c0, c1 - (left + span_x) * per)))
+            # Membership per cell: the blocks around the group (one block of ring) repeated per cell.
+            b0, b1 = max(top - 1, 0), min(top + span_y + 1, rows)
+            a0, a1 = max(left - 1, 0), min(left + span_x + 1, cols)
+            member = cv2.resize((labels[b0:b1, a0:a1] == label).astype(np.float32),
+                                ((a1 - a0) * per, (b1 - b0) * per), interpolation=cv2.INTER_NEAREST)
+            member = member[r0 - b0 * per : r1 - b0 * per, c0 - a0 * per : c1 - a0 * per]
             cells = member * field.mask[r0:r1, c0:c1]
             if not cells.any():
                 continue  # the cleaned motion mask says still: nothing to blur
