@@ -51,7 +51,9 @@ class Clip:
     def read(self, start: int = 0, end: int | None = None, step: int = 1) -> np.ndarray:
         """Frames ``[start, end)`` every ``step`` as ``uint8`` RGB ``(T, H, W, 3)``."""
         if self.is_video:
-            frames = video.read_frames(self.path, start, end)
+            # Clips are read front to back, where PyAV is as fast as decord; decord was seen to fail on
+            # narrow frames (a 48-px-wide FFV1 clip: "size must exactly match"), which LR clips often are.
+            frames = video.read_frames(self.path, start, end, backend="pyav")
             return np.ascontiguousarray(frames[::step])
         files = self.frame_files()[start:end:step]
         frames = [_read_image(p) for p in files]

@@ -123,8 +123,8 @@ def niqe_luma(y: torch.Tensor, mu_p: np.ndarray, cov_p: np.ndarray, window: np.n
     n, _, h, w = y.shape
     nh, nw = h // BLOCK, w // BLOCK
     if nh * nw < 2:
-        raise ValueError(f"NIQE needs frames of at least two {BLOCK}×{BLOCK} blocks (e.g. {BLOCK}×{2 * BLOCK}), "
-                         f"got {w}×{h} after cropping")
+        raise ValueError(f"NIQE needs frames of at least two {BLOCK}×{BLOCK} blocks (e.g. "
+                         f"{2 * BLOCK}×{BLOCK}), got {w}×{h} after cropping")
     dev = y.device
     y = y[..., : nh * BLOCK, : nw * BLOCK]
     win = torch.from_numpy(window).to(dev)
