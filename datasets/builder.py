@@ -341,7 +341,9 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
         raise UserError(f"--out '{out}' exists and is not a folder.")
     # The user's mistakes (bad preset, inputs, weights path) are refused before anything is written.
     preset_name = load_preset(cfg.preset).name
-    lr_size_for(cfg.hr_size, cfg.scale, cfg.lr_size)  # an LR size too small for every clip
+    lr_size = lr_size_for(cfg.hr_size, cfg.scale, cfg.lr_size)  # an LR size too small for every clip
+    if cfg.latent_codec:
+        check_latent_codec(cfg, lr_size)
     musiq = find_musiq_weights(cfg.musiq_weights)
     planned = (out / "plan.parquet").exists()
     sources = [] if planned else expand_inputs(cfg.inputs)
@@ -392,6 +394,24 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
             "workers": cfg.workers, "resumed": resuming,
         })
     return BuildReport(out, stats, failed)
+
+
+def check_latent_codec(cfg: CorpusConfig, lr_size: tuple[int, int]) -> None:
+    """Refuse a latent codec whose time/space factors do not fit the clip length and frame sizes."""
+    from cascadevsr.datasets.shard import latent_codec
+
+    from cascadevsr.latent import latent_frames
+
+    codec = latent_codec(cfg.latent_codec)
+    try:
+        latent_frames(cfg.clip_frames, codec.time_factor)
+    except ValueError as err:
+        raise UserError(f"--clip-frames {cfg.clip_frames} does not fit --latent-codec: {err}.") from None
+    s = codec.space_factor
+    for what, (h, w) in (("HR", cfg.hr_size), ("LR", lr_size)):
+        if h % s or w % s:
+            raise UserError(f"the {what} size {w}x{h} is not a multiple of the latent codec's space "
+                            f"factor {s}.")
 
 
 def _run_shards(todo: list[ShardSpec], cfg: CorpusConfig, runner: LocalRunner | RayRunner,

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--lr-size", help="LR size WxH instead of --scale")
     deg.add_argument("--strength", type=float, default=1.0, help="severity in [0, 1] (default 1)")
     deg.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    deg.add_argument("--latent-codec", metavar="SPEC",
+                     help="also store latents: pixel, NAME:PATH (local diffusers VAE) or a JSON spec")
 
     filt = parser.add_argument_group("filters (SimpleGVR section 5.1)")
     filt.add_argument("--min-brightness", type=float, default=20.0, help="mean luma floor (default 20)")
@@ -84,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
         allow_upscale=args.allow_upscale,
         scale=None if args.lr_size else (args.scale if args.scale is not None else 4.0),
         lr_size=parse_size(args.lr_size) if args.lr_size else None, strength=args.strength, seed=args.seed,
+        latent_codec=args.latent_codec,
         samples_per_shard=args.samples_per_shard, scene_cut_threshold=args.scene_cut_threshold,
         min_brightness=args.min_brightness, max_brightness=args.max_brightness,
         min_laplacian_var=args.min_laplacian, min_musiq=args.min_musiq, musiq_weights=args.musiq_weights,

@@ -51,6 +51,9 @@ class CorpusConfig:
     """Explicit LR size instead of ``scale`` (the factor may then be non-integer)."""
     strength: float = 1.0
     """Degradation severity in [0, 1]; 1 = the preset's published ranges."""
+    latent_codec: str | None = None
+    """Also store ``lr_latent.npy``/``hr_latent.npy`` from this codec (``cascadevsr.latent``): ``pixel``,
+    ``NAME:PATH`` for a local diffusers VAE folder (``wan:/weights/wan-vae``), or a JSON spec."""
     seed: int = 0
     """Corpus seed; every clip's seed derives from (seed, source path, frame range)."""
     samples_per_shard: int = 64
@@ -176,6 +179,21 @@ class CorpusConfig:
                 f"{self.clip_frames} frames per clip (stride {self.clip_stride}), "
                 f"HR {w}x{h} ({self.hr_mode}), {size}\n"
                 f"  {self.samples_per_shard} samples per shard, {runner}")
+
+
+def codec_spec(text: str) -> dict[str, Any]:
+    """``pixel`` / ``NAME:PATH`` / JSON object → a ``cascadevsr.latent.make_codec`` spec."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--latent-codec is not valid JSON: {err}.") from None
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise UserError("--latent-codec JSON must be an object with a 'name'.")
+        return spec
+    name, sep, path = text.partition(":")
+    return {"name": name, "path": path} if sep else {"name": name}
 
 
 def content_differences(saved: dict[str, Any], current: CorpusConfig) -> list[str]:

@@ -18,7 +18,7 @@ Sample format (one tar member per entry, webdataset naming ``KEY.EXT``)::
     KEY.lr.mp4       LR clip, FFV1 (lossless, so storage adds no second degradation)
     KEY.params.json  source, frame range, HR framing, filter measures, preset, every resolved
                      parameter, seeds, package versions: enough to regenerate the LR clip
-    KEY.lr_latent.npy / KEY.hr_latent.npy   optional latents (see ``LATENT_ENTRIES``)
+    KEY.lr_latent.npy / KEY.hr_latent.npy   with --latent-codec: float32 (C, t, h, w) latents
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ SAMPLE_ENTRIES: dict[str, str] = {
     "params.json": "UTF-8 JSON record of the source, framing, filters, degradation and versions",
 }
 LATENT_ENTRIES: dict[str, str] = {
-    "lr_latent.npy": "LR latent, numpy .npy (C, T', h', w') from the corpus latent codec",
-    "hr_latent.npy": "HR latent, numpy .npy (C, T', H', W') from the corpus latent codec",
+    "lr_latent.npy": "LR latent, float32 .npy (C, t, h, w) from --latent-codec",
+    "hr_latent.npy": "HR latent, float32 .npy (C, t, H, W) from --latent-codec",
 }
 # x264's macroblock-tree rate control made identical frames encode to different bytes depending on what
 # the process had encoded before (measured: the same HR clip after other clips' codec round trips); with it
@@ -197,6 +197,7 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
         }
         hr_bytes = encode_video(pair.hr, fps, **HR_CODEC)
         lr_bytes = encode_video(pair.lr, fps, **LR_CODEC)
+        latents = encode_latents(cfg.latent_codec, pair.hr, pair.lr) if cfg.latent_codec else {}
     except Exception as err:  # one bad clip is a row, never the end of the shard
         reason = one_line(err, with_type=not isinstance(err, UserError))
         log.warning("shard %s clip %s (%s) failed: %s", shard, clip.key, clip.source, reason)
@@ -208,8 +209,40 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
                params=json.dumps(pair.record["steps"], separators=(",", ":")),
                hr_bytes=len(hr_bytes), lr_bytes=len(lr_bytes))
     sample = {"__key__": clip.key, "hr.mp4": hr_bytes, "lr.mp4": lr_bytes,
-              "params.json": json.dumps(params, sort_keys=True).encode()}
+              "params.json": json.dumps(params, sort_keys=True).encode(), **latents}
     return sample, row
+
+
+_CODECS: dict[str, Any] = {}
+
+
+def latent_codec(text: str) -> Any:
+    """The ``cascadevsr.latent`` codec for a ``--latent-codec`` value, built once per process."""
+    if text not in _CODECS:
+        from cascadevsr.datasets.config import codec_spec
+
+        from cascadevsr.latent import make_codec
+
+        _CODECS[text] = make_codec(codec_spec(text))
+    return _CODECS[text]
+
+
+def encode_latents(text: str, hr: np.ndarray, lr: np.ndarray) -> dict[str, bytes]:
+    """``hr_latent.npy`` / ``lr_latent.npy`` entries: float32 ``(C, t, h, w)`` latents of uint8 clips."""
+    import io
+
+    import torch
+
+    codec = latent_codec(text)
+    out = {}
+    for name, frames in (("hr_latent.npy", hr), ("lr_latent.npy", lr)):
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
+        with torch.no_grad():
+            z = codec.encode(x).float().cpu().numpy()  # (C, t, h, w)
+        buf = io.BytesIO()
+        np.save(buf, z, allow_pickle=False)
+        out[name] = buf.getvalue()
+    return out
 
 
 def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:

@@ -4,6 +4,7 @@ same corpus, the same seed gives the same bytes, and a real Ray cluster joined b
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -256,6 +257,31 @@ def test_a_build_joins_a_real_ray_cluster_through_address(reference, tmp_path, r
     check_consistent(out)
     for tar in sorted(reference.glob("shard-*.tar")):
         assert (out / tar.name).read_bytes() == tar.read_bytes(), tar.name
+
+
+def test_a_latent_codec_stores_latents_that_decode_to_the_stored_clips(tmp_path):
+    import torch
+
+    from cascadevsr.latent import make_codec
+
+    out = tmp_path / "latents"
+    res = build("--input", str(clip_path("carphone_pristine.mp4")), "--out", str(out), "--workers", "0",
+                "--hr-size", "64x64", "--clip-frames", "9", "--max-clips-per-video", "2",
+                "--preset", "one_order", "--latent-codec", "pixel", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    codec = make_codec("pixel")
+    samples = tar_samples(out)
+    assert len(samples) == 2
+    for sample in samples.values():
+        hr, lr = (np.load(io.BytesIO(sample[f"{side}_latent.npy"])) for side in ("hr", "lr"))
+        assert hr.dtype == lr.dtype == np.float32
+        assert hr.shape == (192, 3, 16, 16) and lr.shape == (192, 3, 4, 4)  # (C, (9 - 1) / 4 + 1, h, w)
+        # LR is stored losslessly, so its latent decodes back to exactly the stored LR clip.
+        back = codec.decode(torch.from_numpy(lr)).permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)
+        assert np.array_equal(np.rint(back * 255).astype(np.uint8), decode_clip(sample["lr.mp4"]))
+    bad = build("--input", str(clip_path("carphone_pristine.mp4")), "--out", str(tmp_path / "bad"),
+                "--workers", "0", "--hr-size", "64x64", "--clip-frames", "8", "--latent-codec", "pixel")
+    assert bad.returncode == 2 and "--clip-frames 8 does not fit --latent-codec" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------ inspect
