@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,11 +33,11 @@ from basicsr.data import degradations as bsr
 from basicsr.utils import DiffJPEG
 from basicsr.utils import img_process_util as bsr_img
 from cascadevsr.degrade import base, classical, kernels, sharpen
-from cascadevsr.degrade.pipeline import PRESETS_DIR
 
 from cascadevsr.errors import UserError
 
 CTX = base.Context(hr_size=(128, 128), lr_size=(32, 32))
+PRESETS_DIR = Path(classical.__file__).parent / "presets"
 PI = math.pi
 
 # (config, sample, apply) per op; configs with RealBasicVSR's drift so per-frame lists are exercised.
