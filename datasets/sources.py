@@ -212,9 +212,20 @@ def clip_starts(shots: list[tuple[int, int]], clip_frames: int, stride: int) -> 
     return [s for a, b in shots for s in range(a, b - clip_frames + 1, stride)]
 
 
+def source_too_small(scan: SourceScan, cfg: CorpusConfig) -> str | None:
+    """Why a source's frames cannot give ``hr_size`` without upscaling (``None`` if they can)."""
+    h, w = cfg.hr_size
+    if scan.height >= h and scan.width >= w:
+        return None
+    if cfg.hr_mode == "resize" and cfg.allow_upscale:
+        return None
+    hint = "" if cfg.hr_mode == "crop" else " (pass --allow-upscale to accept)"
+    return f"too small: {scan.width}x{scan.height} < --hr-size {w}x{h}{hint}"
+
+
 def plan_clips(scans: list[SourceScan], cfg: CorpusConfig) -> tuple[list[ClipSpec], list[dict[str, Any]]]:
     """Clips of every usable source, in source then time order, and a failure row for every source that
-    yields none (unreadable, truncated, or with no shot as long as a clip)."""
+    yields none (unreadable, truncated, smaller than ``hr_size``, or with no shot as long as a clip)."""
     from cascadevsr.degrade.pipeline import derive_seed
 
     clips: list[ClipSpec] = []
@@ -222,6 +233,10 @@ def plan_clips(scans: list[SourceScan], cfg: CorpusConfig) -> tuple[list[ClipSpe
     for scan in scans:
         if not scan.ok:
             failures.append({"source": scan.path, "reason": scan.reason})
+            continue
+        small = source_too_small(scan, cfg)
+        if small:
+            failures.append({"source": scan.path, "reason": small})
             continue
         starts = clip_starts(scan.shots, cfg.clip_frames, cfg.clip_stride)
         if not starts:

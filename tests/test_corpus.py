@@ -323,6 +323,15 @@ def test_a_clip_seed_depends_on_corpus_seed_source_and_frames_only():
     assert len({x.seed for x in a}) == len(a) and all(x.seed != y.seed for x, y in zip(a, c, strict=True))
 
 
+def test_a_source_smaller_than_the_hr_size_fails_once_unless_upscaling_is_allowed():
+    scan = scan_source(str(clip_path("carphone_pristine.mp4")), 0.2)  # 176x144
+    clips, failures = plan_clips([scan], CorpusConfig(inputs=("x",), out="y", hr_size=(192, 320)))
+    assert not clips and failures[0]["reason"].startswith("too small: 176x144 < --hr-size 320x192")
+    clips, failures = plan_clips([scan], CorpusConfig(inputs=("x",), out="y", hr_size=(192, 320),
+                                                      allow_upscale=True))
+    assert clips and not failures
+
+
 def test_filters_reject_dark_and_blurry_clips_and_keep_a_sharp_real_clip():
     import cv2
 
