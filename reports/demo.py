@@ -26,6 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def corpus_stage(out: Path, seed: int) -> list[str]:
+    """Build a small real training corpus from every fetched clip under ``out/corpus``; its index lines."""
+    import shutil
+
+    from cascadevsr.datasets import CorpusConfig, build_corpus, summarize, write_previews
+
+    cfg = CorpusConfig(inputs=(str(clips_dir()),), out=str(out / "corpus"), preset="realbasicvsr",
+                       clip_frames=17, max_clips_per_video=2, hr_size=(192, 320), samples_per_shard=4,
+                       seed=seed)
+    shutil.rmtree(cfg.out, ignore_errors=True)  # rebuilt from scratch so it reflects the clips fetched now
+    t0 = time.perf_counter()
+    build_corpus(cfg)
+    previews = write_previews(cfg.out, 2, seed=seed)
+    return ["", "## Training corpus", "",
+            f"`cascadevsr build-corpus` over every fetched clip in {time.perf_counter() - t0:.1f} s: "
+            f"17-frame clips (at most 2 per video), HR 320x192, x4, `realbasicvsr`, shards in `corpus/`.", "",
+            "```", summarize(cfg.out), "```", "", *[f"![]({p.relative_to(out)})" for p in previews]]
+
+
 def run(args: argparse.Namespace) -> int:
     """Degrade a real clip with every preset and write an index of the results."""
     from cascadevsr.degrade.command import degrade_video
@@ -47,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
              "| preset | description | LR size (h, w) | seconds | preview |", "|---|---|---|---|---|"]
     for name, desc, size, dt in rows:
         lines.append(f"| {name} | {desc} | {size[0]}x{size[1]} | {dt:.1f} | ![](degrade/{name}/preview.png) |")
+    lines += corpus_stage(out, args.seed)
     (out / "index.md").write_text("\n".join(lines) + "\n")
     (out / "demo.json").write_text(json.dumps({"clip": str(clip), "frames": args.frames, "seed": args.seed,
                                                "presets": presets}, indent=1) + "\n")
