@@ -11,6 +11,15 @@ from cascadevsr.evaluate import temporal
 from cascadevsr.evaluate.metrics import create_metric
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    # On a shared CPU a second OpenMP thread that waits for a busy core slows small ops down many times.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _t(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
 
