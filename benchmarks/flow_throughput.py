@@ -8,11 +8,11 @@ For each size (640×360 and 320×180) and each real clip, times on the same fram
   0.75, ``length_scale`` 1: the worst case of the default ranges), and ``typical``: the mean over draws of
   ``sample_flow`` at strength 1.
 
-and reports ``ratio = total / flow`` (target ≤ 1.5) plus per-frame milliseconds. Clips: bikes' walking
-man (frames 196+, a moving person in front of a still street), bikes' board (0+, a large moving object),
-bikes' street traffic (66+, everything moves) and bigbuckbunny (0+, little motion); each is resized to the
-target size with INTER_AREA (bikes is 640×272, so its aspect changes). Medians over ``repeats``.
-Prints one JSON line; :func:`measure_flow` returns the same dict for reuse.
+and reports ``ratio = total / flow`` (target ≤ 1.5) plus per-frame milliseconds of CPU time (one thread).
+Clips: bikes' walking man (frames 196+, a person moving in front of a still street), bikes' board (0+,
+a large moving object), bikes' street traffic (66+, everything moves) and bigbuckbunny (0+, little
+motion); each is resized to the target size with INTER_AREA (bikes is 640×272: its aspect changes).
+Medians over ``repeats``. Prints one JSON line; :func:`measure_flow` returns the same dict for reuse.
 
     python benchmarks/flow_throughput.py [--frames 16] [--repeats 5]
 """
@@ -53,11 +53,13 @@ def severe_params() -> flow.FlowParams:
 
 
 def _seconds(run, repeats: int) -> list[float]:
+    """CPU seconds of each of ``repeats`` runs: on a shared machine, wall time also counts the time slices
+    other processes take, CPU time does not (one thread, so CPU time is the wall time of a quiet machine)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return times
 
 
