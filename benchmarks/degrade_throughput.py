@@ -1,6 +1,7 @@
 """Degradation throughput, one thread: our presets vs basicsr's own functions vs a minimal OpenCV chain.
 
-Prints ONE JSON line. Each measurement is a function returning a dict of results; ``main`` merges them.
+Prints ONE JSON line. Each measurement is a function ``measure_x(quick: bool) -> dict`` listed in
+``MEASUREMENTS``; ``main`` runs them in order and merges their dicts (keys must not collide).
 
 ``measure_realesrgan``: 16 frames of real video (bigbuckbunny.mp4 frames 0–15, 1280×720, from the clips
 cache; the 256×256 case is their centre crop), scale 4, frames/s per core (``cv2.setNumThreads(1)``,
