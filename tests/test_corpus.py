@@ -305,7 +305,7 @@ def test_scene_cuts_of_bikes_are_found_and_no_clip_spans_one():
     scan = scan_source(str(clip_path("bikes.mp4")), 0.2)
     assert scan.ok and scan.num_frames == 250
     assert scan.cuts == (30, 76, 137, 187, 242)  # the five hard cuts, checked by eye
-    cfg = CorpusConfig(inputs=("x",), out="y", clip_frames=17, stride=8)
+    cfg = CorpusConfig(inputs=("x",), out="y", clip_frames=17, stride=8, hr_size=(128, 128))
     clips, failures = plan_clips([scan], cfg)
     assert not failures and clips
     for clip in clips:
@@ -315,10 +315,11 @@ def test_scene_cuts_of_bikes_are_found_and_no_clip_spans_one():
 
 def test_a_clip_seed_depends_on_corpus_seed_source_and_frames_only():
     scan = scan_source(str(clip_path("carphone_pristine.mp4")), 0.2)
-    a, _ = plan_clips([scan], CorpusConfig(inputs=("x",), out="y", seed=1))
-    b, _ = plan_clips([scan], CorpusConfig(inputs=("z",), out="w", seed=1, hr_size=(64, 64),
+    a, _ = plan_clips([scan], CorpusConfig(inputs=("x",), out="y", seed=1, hr_size=(64, 64)))
+    b, _ = plan_clips([scan], CorpusConfig(inputs=("z",), out="w", seed=1, hr_size=(96, 128),
                                            preset="one_order"))
-    c, _ = plan_clips([scan], CorpusConfig(inputs=("x",), out="y", seed=2))
+    c, _ = plan_clips([scan], CorpusConfig(inputs=("x",), out="y", seed=2, hr_size=(64, 64)))
+    assert len(a) == 7
     assert [x.seed for x in a] == [x.seed for x in b]
     assert len({x.seed for x in a}) == len(a) and all(x.seed != y.seed for x, y in zip(a, c, strict=True))
 
