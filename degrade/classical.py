@@ -566,7 +566,7 @@ class _PoissonTables:
 
     X = min{k : u < P(X ≤ k)} for a uniform u. The top 12 bits of u pick one of 4096 buckets:
     ``value[ℓ·4096 + b]`` is the noise value ``X/vals − ℓ/255`` when every u in bucket b gives the same X
-    (98.5 % of pixels at vals = 256), else NaN and ``slot`` numbers the undecided (ℓ, b). Almost every
+    (~98 % of pixels at vals = 256), else NaN and ``slot`` numbers the undecided (ℓ, b). Almost every
     undecided bucket holds one step of the CDF, at fraction ``threshold[slot]`` of its width, so a fresh
     uniform v decides X = smallest + (v ≥ threshold); buckets with several steps (``multi``, far tails only)
     are resolved by search in ``cdf``.
