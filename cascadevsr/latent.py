@@ -15,9 +15,11 @@ Codecs (``make_codec(spec)``, spec = ``{"name": ..., **options}``):
 
 * ``pixel`` -- weightless and exactly invertible: space-to-depth by ``space_factor`` and temporal folding
   by ``time_factor`` (the first frame repeated ``time_factor`` times, so every latent frame has the same
-  channels), values mapped from [0, 1] to [-1, 1]. ``C = 3 * time_factor * space_factor**2``. The offline
-  default: it needs no weights, and a model trained on it learns the same latent-to-latent problem shape as
-  with a VAE (4x temporal compression, separate first frame).
+  channels), values mapped from [0, 1] to [-2, 2] (``4x - 2``). ``C = 3 * time_factor * space_factor**2``.
+  The offline default: it needs no weights, and a model trained on it learns the same latent-to-latent
+  problem shape as with a VAE (4x temporal compression, separate first frame). The scale is ours: natural
+  video (pixel std ≈ 0.25) gets latents of about unit variance, like a normalised VAE latent, so the
+  diffusion noise and the LR noise augmentation have the strength they were designed for.
 * ``wan`` / ``cogvideox`` / ``hunyuanvideo`` -- adapters for diffusers video VAEs loaded from a local
   folder (``{"name": "wan", "path": "/weights/wan-vae"}``; never the network). Latents are normalised the
   way each model's own pipeline does it (per-channel mean/std for Wan, ``scaling_factor`` for the others).
@@ -117,7 +119,7 @@ class PixelCodec:
         return {"name": self.name, "space_factor": self.space_factor, "time_factor": self.time_factor}
 
     def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Float frames ``(B, T, 3, H, W)`` in [0, 1] -> latent ``(B, C, t, h, w)`` in [-1, 1]."""
+        """Float frames ``(B, T, 3, H, W)`` in [0, 1] -> latent ``(B, C, t, h, w)`` in [-2, 2]."""
         frames, unbatched = _batched(frames, "frames")
         _check_frames(frames, self.time_factor, self.space_factor)
         f, s = self.time_factor, self.space_factor
@@ -125,7 +127,7 @@ class PixelCodec:
         first = frames[:, :1].expand(-1, f, -1, -1, -1)  # (B, f, 3, H, W)
         folded = torch.cat([first, frames[:, 1:]], dim=1)  # (B, t*f, 3, H, W)
         latent = rearrange(folded, "b (t f) c (h p) (w q) -> b (f c p q) t h w", f=f, p=s, q=s)
-        latent = latent * 2 - 1  # (B, C, t, h, w)
+        latent = (latent - 0.5) * 4  # (B, C, t, h, w)
         return latent[0] if unbatched else latent
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,7 @@ class PixelCodec:
         f, s = self.time_factor, self.space_factor
         if latent.shape[1] != self.channels:
             raise ValueError(f"pixel codec expects {self.channels} latent channels, got {latent.shape[1]}")
-        frames = rearrange((latent + 1) * 0.5, "b (f c p q) t h w -> b t f c (h p) (w q)", f=f, c=3, p=s, q=s)
+        frames = rearrange(latent * 0.25 + 0.5, "b (f c p q) t h w -> b t f c (h p) (w q)", f=f, c=3, p=s, q=s)
         first = _mean_of_copies(frames[:, 0])  # (B, 3, H, W)
         rest = rearrange(frames[:, 1:], "b t f c h w -> b (t f) c h w")
         out = torch.cat([first.unsqueeze(1), rest], dim=1)  # (B, T, 3, H, W)

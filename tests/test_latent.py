@@ -32,7 +32,7 @@ def test_pixel_codec_round_trips_a_real_clip_exactly(city_frames):
     x = frames.float() / 255
     z = codec.encode(x[None])
     assert z.shape == (1, 3 * 4 * 16, 2, 32, 32)
-    assert z.min() >= -1 and z.max() <= 1
+    assert z.min() >= -2 and z.max() <= 2
     back = codec.decode(z)[0]
     assert torch.equal((back * 255).round().to(torch.uint8), frames)  # uint8 survives bit for bit
     assert (back - x).abs().max() <= 2**-24  # and floats within one ulp

@@ -130,8 +130,8 @@ class InferenceConfig:
                               ("segment", "segment_overlap")):
             if getattr(self, size) < 1 or not 0 <= getattr(self, overlap) < getattr(self, size):
                 problems.append(f"{overlap}: need 0 <= {overlap} < {size} and {size} >= 1")
-        if self.segment < 2:
-            problems.append("segment: must be >= 2 latent frames")
+        if self.segment < 2 or self.segment_overlap < 1:
+            problems.append("segment_overlap: segments need >= 2 latent frames and share >= 1")
         if problems:
             raise UserError("invalid inference settings: " + "; ".join(problems))
 
@@ -251,9 +251,14 @@ def upscale_frames(model: VSRModel, codec: LatentCodec, frames: np.ndarray | tor
 
 
 def segment_spans(num_frames: int, icfg: InferenceConfig, time_factor: int) -> list[tuple[int, int]]:
-    """[start, end) video-frame spans of the streamed segments (starts on the codec's frame grid)."""
+    """[start, end) video-frame spans of the streamed segments.
+
+    A segment of S latent frames spans ``1 + tf·(S - 1)`` video frames; consecutive ones start
+    ``tf·(S - overlap)`` frames apart, so their latent frames cover the same video frames (the codec's
+    frame grid) and share ``1 + tf·(overlap - 1)`` video frames. Only the merged tail may start off the grid.
+    """
     size = pixel_frames(icfg.segment, time_factor)
-    return windows(num_frames, size, icfg.segment_overlap * time_factor)
+    return windows(num_frames, size, 1 + time_factor * (icfg.segment_overlap - 1))
 
 
 def upscale_stream(model: VSRModel, codec: LatentCodec, read: Callable[[int, int], np.ndarray],

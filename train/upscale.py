@@ -159,5 +159,6 @@ def run(args: argparse.Namespace) -> int:
     config_path.write_text(json.dumps(summary, indent=2))
     h, w = summary["output_size"]
     print(f"wrote {out} ({summary['frames']} frames, {w}x{h}): "
-          f"{summary['seconds_per_frame']:.3f} s/frame, peak memory {summary['peak_memory_mb']:.0f} MiB on {summary['device']}; settings in {config_path}")
+          f"{summary['seconds_per_frame']:.3f} s/frame, peak memory {summary['peak_memory_mb']:.0f} MiB "
+          f"on {summary['device']}; settings in {config_path}")
     return 0
