@@ -3,9 +3,11 @@
 Prints ONE JSON line. Each measurement is a function ``measure_x(quick: bool) -> dict`` listed in
 ``MEASUREMENTS``; ``main`` runs them in order and merges their dicts (keys must not collide).
 
+Times are CPU seconds of this process (``time.process_time``) with one thread everywhere
+(``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``), so "per core" holds on a busy machine too.
+
 ``measure_realesrgan``: 16 frames of real video (bigbuckbunny.mp4 frames 0–15, 1280×720, from the clips
-cache; the 256×256 case is their centre crop), scale 4, frames/s per core (``cv2.setNumThreads(1)``,
-``torch.set_num_threads(1)``) of
+cache; the 256×256 case is their centre crop), scale 4, frames/s per core of
 
 * ours: ``degrade_clip`` with the ``realesrgan`` preset (uint8 in → LR and USM-sharpened HR uint8 out);
 * basicsr: the same drawn parameters replayed through basicsr 1.4.2's own functions in Real-ESRGAN's order
@@ -62,12 +64,17 @@ def load_frames(count: int) -> dict[str, np.ndarray]:
 
 
 def timed(fn: Callable[..., object], *args: object, repeats: int = 1) -> float:
-    """Best wall time of ``repeats`` calls (the best is the least disturbed by other processes)."""
+    """Best CPU time of ``repeats`` calls, in seconds.
+
+    CPU time of this (single-threaded) process is what "per core" means, and unlike wall time it does not
+    count the time the scheduler gives to other processes on a busy machine; the best of several runs is
+    the least disturbed by their cache and memory traffic.
+    """
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn(*args)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -84,13 +91,13 @@ def ours_by_step(frames: np.ndarray, seed: int, preset: pipeline.Pipeline) -> di
     ctx = pipeline.Context((h, w), (h // SCALE, w // SCALE))
     record = pipeline.sample_pipeline(preset, np.random.default_rng(seed), 1.0, t)
     times: dict[str, float] = {}
-    start = time.perf_counter()
+    start = time.process_time()
     hr = pipeline.to_float(frames)
-    times["to_float"] = time.perf_counter() - start
-    last = [time.perf_counter()]
+    times["to_float"] = time.process_time() - start
+    last = [time.process_time()]
 
     def tick(op: str) -> None:
-        now = time.perf_counter()
+        now = time.process_time()
         times[op] = times.get(op, 0.0) + now - last[0]
         last[0] = now
 
