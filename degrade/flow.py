@@ -20,12 +20,13 @@ single optical-flow computation per frame pair (``blend`` and ``blur`` switch th
 4. **Motion blur** (``blur``). Per ``block_size`` block, the mean flow (averaged with its moving
    neighbours, ``block_smoothing``) gives a direction and a length ``clip(length_scale · |v|, 1,
    max_length)``; blocks that do not move stay sharp. Lengths are quantised geometrically, directions into
-   ``angle_bins``, at most ``max_kernels`` kinds per frame. Each kind's line kernel blurs only the
-   connected groups of blocks that use it, and its per-pixel weight is its block indicator upsampled
-   bilinearly (neighbouring blocks cross-fade over one block, no seams) times the soft motion mask (still
-   pixels inside a moving block stay sharp). ``length_scale`` reads as a camera's shutter fraction: 1
-   smears over the whole displacement between frames.
+   ``angle_bins``, at most ``max_kernels`` kinds per frame (isolated blocks join their neighbours). Each
+   kind's line kernel blurs only the connected groups of blocks that use it; its per-pixel weight is its
+   block indicator times the motion mask on the cell grid, upsampled bilinearly: one kernel fades into the
+   next over one cell (no seams), and still pixels inside a moving block stay sharp. ``length_scale``
+   reads as a camera's shutter fraction: 1 smears over the whole displacement between frames.
 
+Colours are taken from the input (undegraded) previous frame, and flows are computed on the input frames.
 The paper gives none of these numbers; every default is ours (see :class:`FlowConfig`). DIS output is
 deterministic for a given OpenCV build: flows were identical with ``cv2.setNumThreads`` 1, 2 and 8 for all
 three presets, so the result does not depend on a worker's thread count.
