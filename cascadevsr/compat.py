@@ -68,7 +68,7 @@ class _CompatFinder(importlib.abc.MetaPathFinder):
 
 
 def _module_file_exists(fullname: str) -> bool:
-    parent, _, leaf = fullname.rpartition(".")
+    parent = fullname.rpartition(".")[0]
     package = sys.modules.get(parent) or importlib.import_module(parent)
     from importlib.machinery import PathFinder
 

@@ -10,7 +10,7 @@ import numpy as np
 
 def preview_rows(num_frames: int, rows: int = 3) -> list[int]:
     """Indices of the frames shown: first, middle and last (fewer for short clips)."""
-    return sorted({int(round(i)) for i in np.linspace(0, num_frames - 1, min(rows, num_frames))})
+    return sorted({round(i) for i in np.linspace(0, num_frames - 1, min(rows, num_frames))})
 
 
 def write_preview(path: str | Path, hr: np.ndarray, lr: np.ndarray, rows: int = 3) -> None:
