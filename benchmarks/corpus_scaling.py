@@ -39,10 +39,10 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
+
 from cascadevsr.datasets.builder import build_corpus, load_plan  # noqa: E402
 from cascadevsr.datasets.config import CorpusConfig  # noqa: E402
 from cascadevsr.datasets.loader import pair_loader  # noqa: E402
-
 from cascadevsr.paths import clips_dir  # noqa: E402
 from cascadevsr.video import read_frames  # noqa: E402
 
@@ -93,6 +93,7 @@ def source_rate(corpus: Path, passes: int) -> float:
 def on_the_fly_rate(corpus: Path) -> float:
     """Clips/s decoding the source ranges and synthesising the pair (a loader without a corpus)."""
     import numpy as np
+
     from cascadevsr.datasets.sources import fit_hr
     from cascadevsr.degrade.pipeline import degrade_clip, load_preset
 

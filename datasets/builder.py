@@ -50,7 +50,6 @@ from cascadevsr.datasets.sources import (
     find_musiq_weights,
     scan_batch,
 )
-
 from cascadevsr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,11 @@ class RayRunner:
         self.started = False
         if not ray.is_initialized():
             if cfg.address:
-                ray.init(address=cfg.address, log_to_driver=False)
+                try:
+                    ray.init(address=cfg.address, log_to_driver=False)
+                except (ConnectionError, ValueError, RuntimeError) as err:
+                    raise UserError(f"cannot join the Ray cluster at --address {cfg.address} "
+                                    f"({' '.join(str(err).split())[:200]}).") from None
             else:
                 ray.init(num_cpus=cfg.workers or os.cpu_count() or 1, include_dashboard=False,
                          log_to_driver=False)
@@ -143,6 +146,18 @@ class RayRunner:
         """Shut down the Ray instance this runner started (or only disconnect from a cluster)."""
         if self.started:
             self.ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        raise UserError(f"nothing answers at --address {address}; start the head node with "
+                        f"`ray start --head --port=PORT` and pass HOST:PORT.") from None
 
 
 def _progress_actor(ray: Any) -> Any:
@@ -349,6 +364,8 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     sources = [] if planned else expand_inputs(cfg.inputs)
     if not planned and not sources:
         raise UserError(f"no video files found in --input {' '.join(cfg.inputs)}.")
+    if cfg.address:
+        check_reachable(cfg.address)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with build_lock(out):
@@ -399,7 +416,6 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
 def check_latent_codec(cfg: CorpusConfig, lr_size: tuple[int, int]) -> None:
     """Refuse a latent codec whose time/space factors do not fit the clip length and frame sizes."""
     from cascadevsr.datasets.shard import latent_codec
-
     from cascadevsr.latent import latent_frames
 
     codec = latent_codec(cfg.latent_codec)

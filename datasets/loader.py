@@ -49,10 +49,8 @@ def resolve_shards(shards: str | Path | list[str] | tuple[str, ...]) -> list[str
         if not urls:
             raise UserError(f"{shards} holds no finished, non-empty shard; build the corpus first.")
         return urls
-    if isinstance(shards, str | Path):
-        urls = list(wds.shardlists.expand_urls(str(shards)))
-    else:
-        urls = [str(s) for s in shards]
+    single = isinstance(shards, str | Path)
+    urls = list(wds.shardlists.expand_urls(str(shards))) if single else [str(s) for s in shards]
     if not urls:
         raise UserError("no shards given.")
     return urls

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from cascadevsr.datasets.config import CorpusConfig
 from cascadevsr.datasets.sources import ClipSpec, clip_measures, filter_rejection, fit_hr, one_line
-
 from cascadevsr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,6 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
                 shard: str, versions: dict[str, str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Turn one clip into a webdataset sample dict (or ``None``) and its manifest row; never raises."""
     from cascadevsr.degrade.pipeline import degrade_clip, derive_seed
-
     from cascadevsr.video import encode_video, read_frames
 
     row = base_row(clip, cfg, shard)
@@ -220,7 +219,6 @@ def latent_codec(text: str) -> Any:
     """The ``cascadevsr.latent`` codec for a ``--latent-codec`` value, built once per process."""
     if text not in _CODECS:
         from cascadevsr.datasets.config import codec_spec
-
         from cascadevsr.latent import make_codec
 
         _CODECS[text] = make_codec(codec_spec(text))
@@ -252,6 +250,7 @@ def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:
     """
     import cv2
     import webdataset as wds
+
     from cascadevsr.degrade.pipeline import load_preset
 
     t0 = time.perf_counter()

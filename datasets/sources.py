@@ -24,8 +24,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from cascadevsr.datasets.config import CorpusConfig
 
+from cascadevsr.datasets.config import CorpusConfig
 from cascadevsr.errors import UserError
 
 log = logging.getLogger(__name__)

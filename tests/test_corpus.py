@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import clip_path, real_crop
+
 from cascadevsr.datasets.config import CorpusConfig
 from cascadevsr.datasets.loader import decode_clip
 from cascadevsr.datasets.sources import (
@@ -30,8 +32,6 @@ from cascadevsr.datasets.sources import (
     plan_clips,
     scan_source,
 )
-from conftest import clip_path, real_crop
-
 from cascadevsr.errors import UserError
 from cascadevsr.video import read_frames, write_video
 

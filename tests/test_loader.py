@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import clip_path
+
 from cascadevsr.datasets.builder import build_corpus, corpus_shards
 from cascadevsr.datasets.config import CorpusConfig
 from cascadevsr.datasets.loader import decode_clip, pair_dataset, pair_loader
-from conftest import clip_path
-
 from cascadevsr.errors import UserError
 
 SCALE = 4
