@@ -41,7 +41,6 @@ import torch.nn.functional as F  # noqa: E402
 
 # cascadevsr installs the torchvision shim basicsr needs; basicsr is imported inside the functions below.
 from cascadevsr.degrade import classical, kernels, pipeline  # noqa: E402
-
 from cascadevsr.paths import clips_dir  # noqa: E402
 from cascadevsr.video import read_frames  # noqa: E402
 

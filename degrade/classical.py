@@ -22,6 +22,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy import special
+
 from cascadevsr.degrade import base
 from cascadevsr.degrade.base import Context
 from cascadevsr.degrade.kernels import (
@@ -35,7 +37,6 @@ from cascadevsr.degrade.kernels import (
     make_kernel,
     plan_filter,
 )
-from scipy import special
 
 PI = math.pi
 KERNEL_SIZES = (7, 9, 11, 13, 15, 17, 19, 21)

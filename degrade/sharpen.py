@@ -29,6 +29,7 @@ import math
 
 import cv2
 import numpy as np
+
 from cascadevsr.degrade.kernels import Scratch
 
 USM_KERNEL_SIZE = 51
@@ -41,6 +42,8 @@ _PYRAMID_VARIANCE = 10.0
 # Reflect-101 padding (px, a multiple of 4) added before the pyramid: covers the 25-px kernel radius plus the
 # pyramid filters' reach.
 _MARGIN = 40
+# Rows per strip in the per-pixel part of usm_frame: 16 rows of a 1280-px RGB frame are 245 kB per array.
+_STRIP = 16
 
 
 @functools.cache
@@ -97,23 +100,37 @@ def usm_frame(image: np.ndarray, weight: float = USM_WEIGHT, threshold: float = 
     """Unsharp-mask one image ``(H, W, 3)`` float32 in [0, 1]; the result (float32, [0, 1]) goes to ``out``
     (a new array if None). ``image`` is not modified."""
     scratch = scratch or Scratch()
-    shape = image.shape
-    residual = scratch.get("usm.residual", shape)
-    cv2.subtract(image, blur(image, exact=exact, scratch=scratch, tag="image"), dst=residual)
-    # mask = |residual|·255 > threshold as 0/1 float32 (cv2.threshold keeps the type).
-    mask = scratch.get("usm.mask", shape)
-    np.abs(residual, out=mask)
-    cv2.threshold(mask, threshold / 255.0, 1.0, cv2.THRESH_BINARY, dst=mask)
-    soft = blur(mask, exact=exact, scratch=scratch, tag="mask")
-    # out = img + soft·(clip(img + w·r, 0, 1) − img); one pass over the frame per line.
-    delta = scratch.get("usm.delta", shape)
-    cv2.scaleAdd(residual, weight, image, dst=delta)
-    np.clip(delta, 0.0, 1.0, out=delta)
-    cv2.subtract(delta, image, dst=delta)
-    cv2.multiply(delta, soft, dst=delta)
+    h, w, c = image.shape
     if out is None:
         out = np.empty_like(image)
-    return cv2.add(image, delta, dst=out)
+    # The per-pixel arithmetic runs on strips of rows, so the five intermediate arrays of a strip stay in
+    # cache: over whole 720p frames each of those passes is bound by memory bandwidth, not arithmetic.
+    # Channels are folded into the width, (h, w·c), so every cv2 call sees a single-channel array.
+    flat = image.reshape(h, w * c)
+    blurred = blur(image, exact=exact, scratch=scratch, tag="image").reshape(h, w * c)
+    mask = scratch.get("usm.mask", (h, w * c))
+    limit = threshold / 255.0
+    for rows in _strips(h):
+        # mask = |img − blur|·255 > threshold, as 0/1 float32
+        cv2.absdiff(flat[rows], blurred[rows], dst=mask[rows])
+        cv2.threshold(mask[rows], limit, 1.0, cv2.THRESH_BINARY, dst=mask[rows])
+    soft = blur(mask.reshape(h, w, c), exact=exact, scratch=scratch, tag="mask").reshape(h, w * c)
+    result = out.reshape(h, w * c)
+    delta = scratch.get("usm.delta", (_STRIP, w * c))
+    for rows in _strips(h):
+        n = rows.stop - rows.start
+        d = delta[:n]
+        # out = img + soft·(clip(img + weight·(img − blur), 0, 1) − img)
+        cv2.addWeighted(flat[rows], 1.0 + weight, blurred[rows], -weight, 0.0, dst=d)
+        np.clip(d, 0.0, 1.0, out=d)
+        cv2.subtract(d, flat[rows], dst=d)
+        cv2.multiply(d, soft[rows], dst=d)
+        cv2.add(flat[rows], d, dst=result[rows])
+    return out
+
+
+def _strips(height: int) -> list[slice]:
+    return [slice(y, min(y + _STRIP, height)) for y in range(0, height, _STRIP)]
 
 
 def usm_sharpen(frames: np.ndarray, weight: float = USM_WEIGHT, threshold: float = USM_THRESHOLD,

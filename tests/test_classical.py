@@ -32,8 +32,8 @@ import yaml
 from basicsr.data import degradations as bsr
 from basicsr.utils import DiffJPEG
 from basicsr.utils import img_process_util as bsr_img
-from cascadevsr.degrade import base, classical, kernels, sharpen
 
+from cascadevsr.degrade import base, classical, kernels, sharpen
 from cascadevsr.errors import UserError
 
 CTX = base.Context(hr_size=(128, 128), lr_size=(32, 32))

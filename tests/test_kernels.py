@@ -12,6 +12,7 @@ import torch
 # conftest imports cascadevsr first, which installs the torchvision shim basicsr needs.
 from basicsr.data import degradations as bsr
 from basicsr.utils import img_process_util as bsr_img
+
 from cascadevsr.degrade import kernels
 
 SIZES = (7, 9, 11, 13, 15, 17, 19, 21)
