@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Protocol
 import cv2
 import numpy as np
 import torch
-from cascadevsr.evaluate.weights import weight_hashes
 
 from cascadevsr.errors import UserError
+from cascadevsr.evaluate.weights import weight_hashes
 
 
 class Upscaler(Protocol):

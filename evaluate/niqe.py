@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import gamma as gamma_fn
+
 from cascadevsr.evaluate.pixel import rgb_to_y
 from cascadevsr.evaluate.weights import weight_path
-from scipy.special import gamma as gamma_fn
 
 BLOCK = 96
 # The grid of AGGD shape values searched by moment matching, exactly as the reference builds it.

@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from cascadevsr.evaluate.weights import sha256_cached, weights_root
 
 from cascadevsr.errors import UserError
+from cascadevsr.evaluate.weights import sha256_cached, weights_root
 
 PREFIX = "pyiqa:"
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cascadevsr.evaluate.weights import weight_path
 from torch import nn
 
 from cascadevsr.errors import UserError
+from cascadevsr.evaluate.weights import weight_path
 
 FP16_TAG = 0x01306B47
 

@@ -35,13 +35,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from cascadevsr import __version__
+from cascadevsr.errors import UserError
 from cascadevsr.evaluate import temporal
 from cascadevsr.evaluate.clips import Clip, discover
 from cascadevsr.evaluate.methods import Upscaler
 from cascadevsr.evaluate.metrics import Metric, create_metric, metric_spec
-
-from cascadevsr import __version__
-from cascadevsr.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cascadevsr.degrade.pipeline import degrade_clip, load_preset
-from cascadevsr.evaluate.run import EvalConfig, MethodSource, parts_dir, read_results, run_evaluation
 from conftest import real_crop
 
 from cascadevsr.cli import main
+from cascadevsr.degrade.pipeline import degrade_clip, load_preset
+from cascadevsr.evaluate.run import EvalConfig, MethodSource, parts_dir, read_results, run_evaluation
 from cascadevsr.video import write_video
 
 # Two real crops of cityCC0 (rich detail), 3 frames of 96×192 (two NIQE blocks): LR is 24×48 at ×4.

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from cascadevsr.evaluate.metrics import METRICS, create_metric
-from cascadevsr.evaluate.weights import WEIGHT_FILES, weight_path, weights_root
 from conftest import real_crop
 
 from cascadevsr.errors import UserError
+from cascadevsr.evaluate.metrics import METRICS, create_metric
+from cascadevsr.evaluate.weights import WEIGHT_FILES, weight_path, weights_root
 from cascadevsr.paths import images_dir
 
 KODAK = ("I03", "I04", "I06", "I08", "I19")

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
 from cascadevsr.evaluate import temporal
 from cascadevsr.evaluate.metrics import create_metric
 
