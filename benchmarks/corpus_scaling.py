@@ -13,7 +13,9 @@ corpora must be byte-identical (checked). Then the loader: clips/s through ``pai
 shards (decode HR + LR, 64-px LR crops; 32 with --quick) against decoding the same 17-frame ranges from
 the source video, and against decoding plus synthesising the pair on the fly.
 
-Every task runs on one thread (``threads_per_task = 1``; ``OMP_NUM_THREADS=1``), so a worker is a core.
+Each run also reports the mean time of one shard task and how busy the whole machine was (``/proc/stat``):
+on a shared machine, a two-worker run whose tasks take twice as long as the one-worker run's did not get
+two free cores. Every task runs on one thread (``threads_per_task = 1``; ``OMP_NUM_THREADS=1``), so a worker is a core.
 Prints two JSON lines.
 
     python benchmarks/corpus_scaling.py [--clips 8] [--quick]
@@ -49,17 +51,31 @@ from cascadevsr.video import read_frames  # noqa: E402
 SOURCE = "bigbuckbunny.mp4"
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat: on a shared machine the busy share during a
+    run says whether the cores a run asked for were free."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def build(workdir: Path, name: str, workers: int, clips: int, hr_size: tuple[int, int]) -> dict:
-    """One full build; wall time of ``build_corpus`` and its own phase timings."""
+    """One full build: wall time of ``build_corpus``, its phase timings, the mean time of one shard task and
+    how busy the whole machine was meanwhile (1.0 = every core busy, ours or not)."""
     cfg = CorpusConfig(inputs=(str(clips_dir() / SOURCE),), out=str(workdir / name), preset="realbasicvsr",
                        clip_frames=17, stride=8, max_clips_per_video=clips, hr_size=hr_size, scale=4.0,
                        samples_per_shard=1, workers=workers, seed=0)
+    busy0, total0 = machine_cpu()
     t0 = time.perf_counter()
     report = build_corpus(cfg, show_progress=False, announce=None)
     wall = time.perf_counter() - t0
+    busy1, total1 = machine_cpu()
+    shard_times = [json.loads(p.read_text())["seconds"] for p in (workdir / name).glob("shard-*.json")]
     assert report.complete and report.stats["clips"]["samples"] == clips, report.stats
     tp = report.stats["throughput"]
-    return {"wall_s": round(wall, 2), "shard_s": tp["shard_seconds"], "scan_s": tp["scan_seconds"]}
+    return {"wall_s": round(wall, 2), "shard_s": tp["shard_seconds"], "scan_s": tp["scan_seconds"],
+            "mean_task_s": round(sum(shard_times) / len(shard_times), 2),
+            "machine_busy": round((busy1 - busy0) / max(1, total1 - total0), 3)}
 
 
 def differing(a: Path, b: Path) -> list[str]:
