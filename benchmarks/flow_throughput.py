@@ -28,8 +28,8 @@ import time
 
 import cv2
 import numpy as np
-from cascadevsr.degrade import base, flow
 
+from cascadevsr.degrade import base, flow
 from cascadevsr.paths import clips_dir
 from cascadevsr.video import read_frames
 

@@ -27,6 +27,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+
 from cascadevsr.degrade import base
 
 # Encoders this step may use. "h264" is accepted because mmagic lists it beside "libx264"; in PyAV the

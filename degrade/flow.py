@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
 from cascadevsr.degrade import base
 
 DIS_PRESETS = {

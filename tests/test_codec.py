@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import real_crop
+
 from cascadevsr.degrade import base
 from cascadevsr.degrade.codec import (
     CodecConfig,
@@ -17,7 +19,6 @@ from cascadevsr.degrade.codec import (
     encode_clip,
     sample_codec,
 )
-from conftest import real_crop
 
 FPS = 25.0
 

@@ -13,6 +13,8 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import clip_path, real_crop
+
 from cascadevsr.degrade import base
 from cascadevsr.degrade.flow import (
     MAX_DIRECT_KERNEL_AREA,
@@ -23,8 +25,6 @@ from cascadevsr.degrade.flow import (
     motion_magnitude,
     sample_flow,
 )
-from conftest import clip_path, real_crop
-
 from cascadevsr.video import read_frames
 
 PATCH_TOP, PATCH_LEFT, PATCH_H, PATCH_W = 40, 60, 72, 96
