@@ -1,7 +1,8 @@
 """Corpus builder scaling and loader throughput, side by side on the same real input.
 
 Builds the same corpus three times from ``bigbuckbunny.mp4`` (1280×720, the 720p clip of the cache):
-17-frame clips every 8 frames, HR 1280×720, x4, ``realbasicvsr``, one clip per shard:
+17-frame clips (starts every 4 frames, ``--clips`` of them evenly spread), HR 1280×720, x4,
+``realbasicvsr``, one clip per shard:
 
 * (a) ``--workers 0``: the plain single-process loop over ``process_shard`` (no Ray at all);
 * (b) ``--workers 1``: one Ray worker;
@@ -63,7 +64,7 @@ def build(workdir: Path, name: str, workers: int, clips: int, hr_size: tuple[int
     """One full build: wall time of ``build_corpus``, its phase timings, the mean time of one shard task and
     how busy the whole machine was meanwhile (1.0 = every core busy, ours or not)."""
     cfg = CorpusConfig(inputs=(str(clips_dir() / SOURCE),), out=str(workdir / name), preset="realbasicvsr",
-                       clip_frames=17, stride=8, max_clips_per_video=clips, hr_size=hr_size, scale=4.0,
+                       clip_frames=17, stride=4, max_clips_per_video=clips, hr_size=hr_size, scale=4.0,
                        samples_per_shard=1, workers=workers, seed=0)
     busy0, total0 = machine_cpu()
     t0 = time.perf_counter()
