@@ -252,13 +252,13 @@ def record_length(record: list[dict[str, Any]]) -> int:
 
 
 def to_float(frames: np.ndarray) -> np.ndarray:
-    """uint8 ``(T, H, W, 3)`` → float32 in [0, 1]."""
-    return frames.astype(np.float32) * np.float32(1.0 / 255.0)
+    """uint8 ``(T, H, W, 3)`` → float32 in [0, 1]; divides by 255 (not × 1/255) to match basicsr's last bit."""
+    return np.true_divide(frames, np.float32(255.0), dtype=np.float32)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """float ``(T, H, W, 3)`` → uint8, clipped and rounded (Real-ESRGAN's final clamp/round)."""
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    """float ``(T, H, W, 3)`` → uint8, clipped and rounded half to even (Real-ESRGAN's final clamp/round)."""
+    return classical.quantize_levels(np.ascontiguousarray(frames, dtype=np.float32))
 
 
 def lr_size_for(hr_size: tuple[int, int], scale: float | None = None,
