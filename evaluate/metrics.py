@@ -12,7 +12,6 @@ Names not in the table but known to pyiqa (``musiq``, ``clipiqa``, ``maniqa``, `
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +256,3 @@ def create_metric(name: str, *, device: str | torch.device = "cpu", weights_dir:
     extra = getattr(fn, "describe_extra", None)
     return Metric(spec, merged, dev, wdir, fn, extra() if callable(extra) else None)
 
-
-def with_options(spec: MetricSpec, **changes: Any) -> MetricSpec:
-    """A copy of ``spec`` with some fields changed (used by the pyiqa bridge)."""
-    return dataclasses.replace(spec, **changes)

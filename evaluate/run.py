@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -247,9 +248,16 @@ def _check_compatible(old: dict[str, Any], new: dict[str, Any], out: Path) -> No
     """Refuse to add rows computed under settings that differ from those of the rows already in ``out``."""
     if not old:
         return
-    for key in ("crop_border", "frames", "alignment"):
-        if key in old and old[key] != new[key]:
-            raise UserError(f"{out} was computed with {key}={old[key]}, this run asks for {new[key]}; use "
+    def comparable(p: dict[str, Any]) -> dict[str, Any]:
+        # The alignment tolerance only decides which shifts are flagged; it changes no stored number.
+        out = {k: p.get(k) for k in ("crop_border", "frames")}
+        out["alignment"] = {k: v for k, v in p.get("alignment", {}).items() if k != "tolerance_px"}
+        return out
+
+    was, now = comparable(old), comparable(new)
+    for key in was:
+        if key in old and was[key] != now[key]:
+            raise UserError(f"{out} was computed with {key}={was[key]}, this run asks for {now[key]}; use "
                             f"the same settings to add to it, or a new --out.")
     for name, desc in new["metrics"].items():
         prev = old.get("metrics", {}).get(name)
@@ -452,12 +460,16 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
         pdir.mkdir(parents=True, exist_ok=True)
         (pdir / "protocol.json").write_text(json.dumps(protocol, indent=1, sort_keys=True))
 
-    def load(m: MethodSource, clip: str) -> tuple[np.ndarray | None, np.ndarray | None, float]:
-        """(reference or None, method frames or None for executed methods, fps); runs in a worker thread."""
-        ref = gt[clip].read(cfg.start, cfg.end, cfg.step) if gt else None
+    @functools.lru_cache(maxsize=2)
+    def read_gt(clip: str) -> np.ndarray | None:
+        # Jobs go clip by clip, so every method of a clip shares one decoded ground truth.
+        return gt[clip].read(cfg.start, cfg.end, cfg.step) if gt else None
+
+    def load(m: MethodSource, clip: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(reference or None, method frames or None for executed methods); runs in a worker thread."""
         if m.generated:
-            return ref, None, 0.0
-        return ref, folders[m.name][clip].read(cfg.start, cfg.end, cfg.step), 0.0
+            return read_gt(clip), None
+        return read_gt(clip), folders[m.name][clip].read(cfg.start, cfg.end, cfg.step)
 
     computed: list[tuple[str, str, str]] = []
     started = time.perf_counter()
@@ -473,7 +485,7 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
             nxt = next(queue, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(load, *nxt)))
-            ref, pred, _ = fut.result()
+            ref, pred = fut.result()
             records: list[tuple[str, str, int | None, str, float]] = []
             todo = wanted(m, clip)
             if m.generated:
@@ -493,7 +505,10 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
             frame_ids = np.arange(cfg.start, cfg.start + len(pred) * cfg.step, cfg.step)[: len(pred)]
             for n in todo:
                 if n == ALIGN_METRICS[0]:
-                    dx, dy = temporal.clip_shift(_to_tensor(pred), _to_tensor(ref))
+                    try:
+                        dx, dy = temporal.clip_shift(_to_tensor(pred), _to_tensor(ref))
+                    except ValueError:  # frames too small to search ±3 px
+                        dx = dy = math.nan
                     records += [(m.name, clip, None, "align_dx", dx), (m.name, clip, None, "align_dy", dy)]
                     continue
                 try:
