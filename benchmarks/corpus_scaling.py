@@ -142,7 +142,10 @@ def main() -> None:
     try:
         runs = {name: build(workdir, name, w, args.clips, hr_size)
                 for name, w in (("loop", 0), ("ray1", 1), ("ray2", 2))}
+        # A difference between runs means the code changed under the benchmark (a shared, live tree) or a
+        # nondeterminism; ray1 vs ray2 tells the two apart when the loop run alone differs.
         diff = [t for other in ("ray1", "ray2") for t in differing(workdir / "loop", workdir / other)]
+        diff += [f"vs ray1: {t}" for t in differing(workdir / "ray1", workdir / "ray2")]
         a, b, c = runs["loop"], runs["ray1"], runs["ray2"]
         print(json.dumps({
             "bench": "corpus_scaling", "source": SOURCE, "preset": "realbasicvsr", "clip_frames": 17,

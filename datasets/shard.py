@@ -52,8 +52,10 @@ LATENT_ENTRIES: dict[str, str] = {
 }
 # x264's macroblock-tree rate control made identical frames encode to different bytes depending on what
 # the process had encoded before (measured: the same HR clip after other clips' codec round trips); with it
-# off, the same command and seed give byte-identical shards on Ray or in a plain loop.
-HR_CODEC: dict[str, Any] = {"codec": "libx264", "crf": 4, "options": {"x264-params": "mbtree=0"}}
+# off, the same command and seed give byte-identical shards on Ray or in a plain loop. Preset "fast": on 17 frames
+# of 720p it encoded in 1.5 s instead of medium's 1.9 s at the same PSNR (47.6 dB) and size (+1%); veryfast cost
+# 1.1 dB.
+HR_CODEC: dict[str, Any] = {"codec": "libx264", "crf": 4, "preset": "fast", "options": {"x264-params": "mbtree=0"}}
 LR_CODEC: dict[str, Any] = {"codec": "ffv1"}
 # Fixed member mtime: the same command and seed must give byte-identical tars.
 TAR_MTIME = 0.0
