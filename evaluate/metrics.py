@@ -41,6 +41,8 @@ class MetricSpec:
         temporal: frames are consecutive frames of one clip; the first score is NaN.
         version: bumped whenever the numbers a metric produces may change.
         description: one line for ``--list-metrics``.
+        size_problem: ``f(height, width, options) -> None | str``, the reason frames of that size cannot be
+            scored (checked before a run computes anything).
     """
 
     name: str
@@ -53,6 +55,7 @@ class MetricSpec:
     temporal: bool = False
     version: str = "1"
     description: str = ""
+    size_problem: Callable[[int, int, dict[str, Any]], str | None] | None = None
 
 
 def _pixel_builder(kind: str) -> Callable[[dict[str, Any], torch.device, Path | None], ScoreFn]:
@@ -109,6 +112,14 @@ def _build_warp(relative: bool):
     return build
 
 
+def _niqe_size_problem(h: int, w: int, opts: dict[str, Any]) -> str | None:
+    c = 2 * opts.get("crop_border", 0)
+    if ((h - c) // niqe.BLOCK) * ((w - c) // niqe.BLOCK) < 2:
+        return (f"NIQE needs frames holding two {niqe.BLOCK}×{niqe.BLOCK} blocks (e.g. {2 * niqe.BLOCK}×"
+                f"{niqe.BLOCK}) after cropping, got {w - c}×{h - c}")
+    return None
+
+
 def _build_tdiff(opts: dict[str, Any], device: torch.device, weights_dir: Path | None) -> ScoreFn:
     return lambda pred, ref: temporal.frame_diff_error(pred, ref)
 
@@ -134,7 +145,7 @@ METRICS: dict[str, MetricSpec] = {
                         weights=("vgg16", "dists_alpha_beta"), description="DISTS"),
     "niqe": MetricSpec("niqe", _build_niqe, False, True, (0.0, 100.0),
                        {"crop_border": 0, "y_matrix": "bt601_studio"}, weights=("niqe_pris_params",),
-                       description="NIQE, basicsr parameters (no reference)"),
+                       description="NIQE, basicsr parameters (no reference)", size_problem=_niqe_size_problem),
     "warp_error": MetricSpec("warp_error", _build_warp(True), True, True, (0.0, 1.0),
                              {"flow_preset": "medium"}, temporal=True,
                              description="flow warping error relative to GT (GT DIS flow, occlusion-masked)"),

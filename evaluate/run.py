@@ -306,7 +306,8 @@ def _clip_size(clip: Clip, what: str) -> tuple[int, int, int]:
         raise UserError(f"{what} clip '{clip.name}': {err}") from None
 
 
-def _plan_clips(cfg: EvalConfig, methods: list[MethodSource]) -> tuple[list[str], dict, dict, dict]:
+def _plan_clips(cfg: EvalConfig, methods: list[MethodSource],
+                metrics: dict[str, Metric]) -> tuple[list[str], dict, dict, dict]:
     """Clip names to evaluate, GT/LR clips, and each folder method's clips; every mismatch is a UserError."""
     gt = discover(cfg.gt, "ground truth") if cfg.gt else {}
     lr = discover(cfg.lr, "LR") if cfg.lr else {}
@@ -357,7 +358,17 @@ def _plan_clips(cfg: EvalConfig, methods: list[MethodSource]) -> tuple[list[str]
             if gt and info[1:] != gt_info[n][1:]:
                 raise UserError(f"clip '{n}': method '{m.name}' has frames of {info[2]}x{info[1]}, the "
                                 f"ground truth {gt_info[n][2]}x{gt_info[n][1]}.")
+            _check_sizes(metrics, n, info[1], info[2])
+    for n, info in gt_info.items():
+        _check_sizes(metrics, n, info[1], info[2])
     return names, gt, lr, folders
+
+
+def _check_sizes(metrics: dict[str, Metric], clip: str, h: int, w: int) -> None:
+    for name, m in metrics.items():
+        problem = m.spec.size_problem(h, w, m.options) if m.spec.size_problem else None
+        if problem:
+            raise UserError(f"metric '{name}' cannot score clip '{clip}': {problem}.")
 
 
 def build_protocol(cfg: EvalConfig, metrics: dict[str, Metric],
@@ -431,11 +442,11 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
     if any(m.generated for m in methods) and cfg.lr is None:
         raise UserError("baselines and checkpoints run on LR clips: give --lr DIR.")
 
-    names, gt, lr, folders = _plan_clips(cfg, methods)
     metrics = {}
     for n, s in specs.items():
         opts = {"crop_border": cfg.crop_border} if "crop_border" in s.defaults else {}
         metrics[n] = create_metric(n, device=cfg.device, weights_dir=cfg.weights_dir, **opts)
+    names, gt, lr, folders = _plan_clips(cfg, methods, metrics)
     protocol = build_protocol(cfg, metrics, methods)
 
     existing, old_protocol = _load_existing(cfg.out)
