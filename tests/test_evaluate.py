@@ -254,3 +254,15 @@ def test_realesrgan_ncnn_files_are_read_to_the_last_byte():
     anime = read_weights(weight_path("realesr-animevideov3-x4.param"),
                          weight_path("realesr-animevideov3-x4.bin"))
     assert [k for k, _ in anime].count("conv") == 18 and [k for k, _ in anime].count("prelu") == 17
+
+
+def test_tiled_upscaling_equals_whole_frame_upscaling_when_tiles_see_their_context(city_frames):
+    from cascadevsr.evaluate.realesrgan import load_model, upscale_tiled
+
+    model = load_model("realesr-animevideov3")  # 18 3×3 convolutions: 18 LR px of context suffice
+    lr = torch.from_numpy(np.ascontiguousarray(city_frames[:1, :40, :52])).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        whole = upscale_tiled(model, lr, tile=0)
+        tiled = upscale_tiled(model, lr, tile=16, pad=18)
+    assert whole.shape == (1, 3, 160, 208)
+    assert torch.allclose(tiled, whole, atol=1e-5)
