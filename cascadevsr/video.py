@@ -319,14 +319,25 @@ def iter_frames(
     if reader is not None:
         available = len(reader)
         _check_range(path, start, end, available)
-        return _decord_chunks(reader, path, start, available if end is None else end, chunk)
+        return _decord_chunks(reader, path, start, available if end is None else end, chunk,
+                              fallback=backend == "auto")
     _check_range(path, start, end, None)
     return _pyav_chunks(path, start, end, chunk)
 
 
-def _decord_chunks(reader: Any, src: Source, start: int, end: int, chunk: int) -> Iterator[np.ndarray]:
+def _decord_chunks(reader: Any, src: Source, start: int, end: int, chunk: int,
+                   fallback: bool) -> Iterator[np.ndarray]:
     for a in range(start, end, chunk):
-        yield _decord_batch(reader, src, a, min(a + chunk, end))
+        try:
+            yield _decord_batch(reader, src, a, min(a + chunk, end))
+        except UserError:
+            if not fallback:
+                raise
+            # decord opens some files it then cannot convert (e.g. FFV1 frames whose width is not a
+            # multiple of its row alignment); PyAV decodes them, so finish the range with it.
+            log.debug("decord failed on %s at frame %d; continuing with PyAV", _label(src), a)
+            yield from _pyav_chunks(src, a, end, chunk)
+            return
 
 
 def _pyav_chunks(src: Source, start: int, end: int | None, chunk: int) -> Iterator[np.ndarray]:

@@ -170,6 +170,17 @@ def test_ffv1_mp4_round_trip_is_bit_exact_at_an_odd_size_with_both_readers(tmp_p
     assert np.array_equal(read_frames(path, 2, 5), odd_frames[2:5])  # random access from a middle frame
 
 
+def test_auto_reads_ffv1_that_decord_opens_but_cannot_convert(tmp_path, odd_frames):
+    # decord opens a 48-px-wide FFV1 stream and then fails to copy its frames out; auto finishes with PyAV.
+    frames = np.ascontiguousarray(odd_frames[:, :40, :48])
+    path = tmp_path / "narrow.mp4"
+    write_video(path, frames, 25, codec="ffv1")
+    with pytest.raises(UserError, match="decord failed"):
+        read_frames(path, backend="decord")
+    assert np.array_equal(read_frames(path), frames)
+    assert np.array_equal(decode_video(path.read_bytes()), frames)
+
+
 def test_libx264rgb_at_crf0_is_also_bit_exact(odd_frames):
     data = encode_video(odd_frames, 25, codec="libx264rgb", crf=0)
     assert np.array_equal(decode_video(data, backend="pyav"), odd_frames)
