@@ -14,7 +14,8 @@ corpora must be byte-identical (checked). Then the loader: clips/s through ``pai
 shards (decode HR + LR, 64-px LR crops; 32 with --quick) against decoding the same 17-frame ranges from
 the source video, and against decoding plus synthesising the pair on the fly.
 
-Each run also reports the mean time of one shard task and how busy the whole machine was (``/proc/stat``):
+Each run also reports the mean wall and CPU time of one shard task and how busy the whole machine was
+(``/proc/stat``):
 on a shared machine, a two-worker run whose tasks take twice as long as the one-worker run's did not get
 two free cores. Every task runs on one thread (``threads_per_task = 1``; ``OMP_NUM_THREADS=1``), so a worker is a core.
 Prints two JSON lines.
@@ -71,11 +72,12 @@ def build(workdir: Path, name: str, workers: int, clips: int, hr_size: tuple[int
     report = build_corpus(cfg, show_progress=False, announce=None)
     wall = time.perf_counter() - t0
     busy1, total1 = machine_cpu()
-    shard_times = [json.loads(p.read_text())["seconds"] for p in (workdir / name).glob("shard-*.json")]
+    shards = [json.loads(p.read_text()) for p in (workdir / name).glob("shard-*.json")]
     assert report.complete and report.stats["clips"]["samples"] == clips, report.stats
     tp = report.stats["throughput"]
     return {"wall_s": round(wall, 2), "shard_s": tp["shard_seconds"], "scan_s": tp["scan_seconds"],
-            "mean_task_s": round(sum(shard_times) / len(shard_times), 2),
+            "mean_task_s": round(sum(s["seconds"] for s in shards) / len(shards), 2),
+            "mean_task_cpu_s": round(sum(s["cpu_seconds"] for s in shards) / len(shards), 2),
             "machine_busy": round((busy1 - busy0) / max(1, total1 - total0), 3)}
 
 

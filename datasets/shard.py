@@ -255,7 +255,7 @@ def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:
 
     from cascadevsr.degrade.pipeline import load_preset
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     name, cfg = spec.name, spec.config
     tar, tmp, stats = shard_paths(spec.out_dir, name)
     rows: list[dict[str, Any]] = []
@@ -281,6 +281,7 @@ def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:
         seconds = time.perf_counter() - t0
         write_json_atomic(stats, {
             "shard": name, "keys": [c.key for c in spec.clips], "rows": rows, "seconds": round(seconds, 3),
+            "cpu_seconds": round(time.process_time() - cpu0, 3),
             "tar_bytes": tar.stat().st_size,
             "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
         })
