@@ -224,16 +224,17 @@ def apply_flow(frames: np.ndarray, params: FlowParams, ctx: base.Context) -> np.
         return out
     height, width = frames.shape[1:3]
     templates = _ellipse_templates(params, min(height, width)) if do_blend else []
+    # Every frame's centre draws at once (row t for frame t): they depend on the seed and t only, and one
+    # generator per clip costs less than one per frame.
+    draws = np.random.default_rng(params.seed).random((len(frames), len(templates), 3), dtype=np.float64)
     grid = np.dstack(np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)))
     for t, flow in _flows_to_previous(frames, params.dis_preset):
         field = _MotionField.measure(flow, params)
         if do_blend and t > 0:
-            _blend_previous_colours(out[t], frames[t - 1], field, templates, params,
-                                    np.random.default_rng([params.seed, t]), grid)
+            _blend_previous_colours(out[t], frames[t - 1], field, templates, params, draws[t], grid)
         if do_blur:
             _motion_blur(out[t], field, params)
     return out
-
 
 def motion_magnitude(frames: np.ndarray, dis_preset: str = "fast") -> np.ndarray:
     """Per-pixel motion in px/frame: ``|flow|`` with the ``flow`` op's DIS settings.
@@ -288,6 +289,12 @@ def _flows_to_previous(frames: np.ndarray, preset: str) -> Iterator[tuple[int, n
         previous = current
 
 
+@functools.lru_cache(maxsize=16)
+def _disc(diameter: int) -> np.ndarray:
+    """The elliptical structuring element of ``diameter`` cells (cached: it is the same every frame)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+
+
 @dataclass(frozen=True)
 class _MotionField:
     """One frame's flow with its cell and block averages and the cleaned motion mask.
@@ -306,21 +313,27 @@ class _MotionField:
     def measure(cls, flow: np.ndarray, params: FlowParams) -> _MotionField:
         height, width = flow.shape[:2]
         size, cell = params.block_size, params.mask_cell_px
-        rows, cols = -(-height // size), -(-width // size)
-        padded = flow
-        if rows * size != height or cols * size != width:
-            padded = cv2.copyMakeBorder(flow, 0, rows * size - height, 0, cols * size - width,
-                                        cv2.BORDER_REPLICATE)
         per = size // cell
+        # Pixels are padded to whole cells and cells to whole blocks, both by repeating the edge: padding
+        # the small cell grid instead of the flow saves a copy of the flow whenever the frame size is a
+        # multiple of the cell (as it usually is).
+        cell_rows, cell_cols = -(-height // cell), -(-width // cell)
+        padded = flow
+        if cell_rows * cell != height or cell_cols * cell != width:
+            padded = cv2.copyMakeBorder(flow, 0, cell_rows * cell - height, 0, cell_cols * cell - width,
+                                        cv2.BORDER_REPLICATE)
         # Integer factors: INTER_AREA gives exact means (cells from pixels, blocks from cells).
-        cells = cv2.resize(padded, (cols * per, rows * per), interpolation=cv2.INTER_AREA)
+        cells = cv2.resize(padded, (cell_cols, cell_rows), interpolation=cv2.INTER_AREA)
+        rows, cols = -(-cell_rows // per), -(-cell_cols // per)
+        if rows * per != cell_rows or cols * per != cell_cols:
+            cells = cv2.copyMakeBorder(cells, 0, rows * per - cell_rows, 0, cols * per - cell_cols,
+                                       cv2.BORDER_REPLICATE)
         blocks = cv2.resize(cells, (cols, rows), interpolation=cv2.INTER_AREA)
         mask = (cv2.magnitude(cells[..., 0], cells[..., 1]) > params.motion_threshold).astype(np.uint8)
         for diameter, op in ((params.mask_open_cells, cv2.MORPH_OPEN),
                              (params.mask_close_cells, cv2.MORPH_CLOSE)):
             if diameter > 1:
-                element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
-                mask = cv2.morphologyEx(mask, op, element)
+                mask = cv2.morphologyEx(mask, op, _disc(diameter))
         return cls(flow=flow, blocks=blocks, mask=mask.astype(np.float32), cell=cell)
 
     def soft_mask(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -357,52 +370,101 @@ def _ellipse_templates(params: FlowParams, short_side: int) -> list[np.ndarray]:
 
 
 def _blend_previous_colours(frame: np.ndarray, previous: np.ndarray, field: _MotionField,
-                            templates: list[np.ndarray], params: FlowParams, rng: np.random.Generator,
+                            templates: list[np.ndarray], params: FlowParams, draws: np.ndarray,
                             grid: np.ndarray) -> None:
     """Blend Gaussian-sampled colours of ``previous`` into elliptical moving regions of ``frame``, in place.
 
     ``frame``, ``previous``: float32 ``(H, W, 3)``; ``field`` holds the flow from ``frame`` to
-    ``previous``; ``grid``: float32 ``(H, W, 2)`` pixel coordinates ``(x, y)``. Each ellipse is processed
-    on its bounding box only, so the cost follows its area.
+    ``previous``; ``draws``: ``(len(templates), 3)`` uniforms in [0, 1) placing each centre (which moving
+    cell, then the pixel inside it); ``grid``: float32 ``(H, W, 2)`` pixel coordinates ``(x, y)``.
+
+    Every ellipse pulls toward the same sampled colour ``S``, so blending them one after another is one
+    blend with the combined weight ``W = 1 - Π_i (1 - m·w_i)`` (``m`` the soft mask, ``w_i`` the
+    templates): ``S + (frame - S)·Π_i (1 - m·w_i)``. Ellipses are processed in clusters of nearby boxes
+    (:func:`_merge_boxes`), each with one sampling and one blend, so the cost follows the area they cover.
     """
     moving = np.flatnonzero(field.mask)
     if moving.size == 0:
         return
     height, width = frame.shape[:2]
     cols, cell = field.mask.shape[1], field.cell
-    picks = rng.integers(moving.size, size=len(templates))
-    offsets = rng.integers(cell, size=(len(templates), 2))
+    picks = moving[(draws[:, 0] * moving.size).astype(np.int64)].tolist()
+    offsets = (draws[:, 1:] * cell).astype(np.int64).tolist()
+    boxes = []
     for template, pick, (oy, ox) in zip(templates, picks, offsets, strict=True):
-        row, col = divmod(int(moving[pick]), cols)
-        cy, cx = min(row * cell + int(oy), height - 1), min(col * cell + int(ox), width - 1)
+        row, col = divmod(pick, cols)
+        cy, cx = min(row * cell + oy, height - 1), min(col * cell + ox, width - 1)
         half_y, half_x = template.shape[0] // 2, template.shape[1] // 2
-        y0, y1 = max(cy - half_y, 0), min(cy + half_y + 1, height)
-        x0, x1 = max(cx - half_x, 0), min(cx + half_x + 1, width)
-        weight = template[y0 - cy + half_y : y1 - cy + half_y, x0 - cx + half_x : x1 - cx + half_x]
-        weight = weight * field.soft_mask(y0, y1, x0, x1)
-        sampled = _sample_previous(previous, field.flow, grid, (y0, y1, x0, x1), params.sample_sigma)
+        boxes.append((cy - half_y, cy + half_y + 1, cx - half_x, cx + half_x + 1))  # may leave the frame
+    margin = _gaussian_margin(params.sample_sigma)
+    clipped = [(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)) for y0, y1, x0, x1 in boxes]
+    for members, (y0, y1, x0, x1) in _merge_boxes(clipped, margin, disjoint=False):
+        soft = field.soft_mask(y0, y1, x0, x1)
+        keep = np.ones((y1 - y0, x1 - x0), np.float32)  # Π_i (1 - m·w_i): the current colour's share
+        for i in members:
+            by0, by1, bx0, bx1 = clipped[i]
+            ty, tx = by0 - boxes[i][0], bx0 - boxes[i][2]  # the template's offset where the frame clips it
+            weight = templates[i][ty : ty + by1 - by0, tx : tx + bx1 - bx0] * soft[by0 - y0 : by1 - y0,
+                                                                                 bx0 - x0 : bx1 - x0]
+            part = keep[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
+            part -= part * weight
+        sampled = _sample_previous(previous, field.flow, grid, (y0, y1, x0, x1), margin, params.sample_sigma)
         region = frame[y0:y1, x0:x1]
-        cv2.blendLinear(sampled, region, weight, 1.0 - weight, dst=region)  # writes through to ``frame``
+        cv2.blendLinear(sampled, region, 1.0 - keep, keep, dst=region)  # writes through to ``frame``
+
+
+def _gaussian_margin(sigma: float) -> int:
+    """Radius (px) of the sampling Gaussian: cut at 2.5σ (1.2% of its mass; OpenCV's default is 4σ), which
+    halves its cost."""
+    return math.ceil(2.5 * sigma) if sigma > 0 else 0
 
 
 def _sample_previous(previous: np.ndarray, flow: np.ndarray, grid: np.ndarray, box: tuple[int, int, int, int],
-                     sigma: float) -> np.ndarray:
+                     margin: int, sigma: float) -> np.ndarray:
     """Previous-frame colours at the flow-corresponding positions of ``box``, Gaussian-averaged.
 
-    The previous frame is warped onto the current one over ``box`` plus a 2.5σ margin, then blurred with
+    The previous frame is warped onto the current one over ``box`` plus ``margin`` px, then blurred with
     ``sigma`` px: each pixel gets a Gaussian-weighted mean of the colours corresponding to its neighbours.
+    A pixel's value does not depend on the box it is computed in (the margin is the Gaussian's radius).
     """
     y0, y1, x0, x1 = box
     height, width = flow.shape[:2]
-    # The Gaussian is cut at 2.5σ (1.2% of its mass; OpenCV's default is 4σ), which halves its cost.
-    margin = math.ceil(2.5 * sigma) if sigma > 0 else 0
     ey0, ey1 = max(y0 - margin, 0), min(y1 + margin, height)
     ex0, ex1 = max(x0 - margin, 0), min(x1 + margin, width)
     positions = flow[ey0:ey1, ex0:ex1] + grid[ey0:ey1, ex0:ex1]  # (h, w, 2): where each pixel was
     warped = cv2.remap(previous, positions, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    if sigma > 0:
+    if margin:
         warped = cv2.GaussianBlur(warped, (2 * margin + 1, 2 * margin + 1), sigma)
     return warped[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+
+
+def _merge_boxes(boxes: list[tuple[int, int, int, int]], margin: int,
+                 disjoint: bool) -> list[tuple[list[int], tuple[int, int, int, int]]]:
+    """Cluster boxes ``(y0, y1, x0, x1)`` that are cheaper to process as one: ``(member indices, union)``.
+
+    Each box is processed with ``margin`` extra on every side; two clusters merge when their union with
+    that margin has no more area than both apart (every call has a fixed cost, so ties merge), and always
+    when they overlap if ``disjoint``. Deterministic: the result depends on the boxes' order only.
+    """
+    clusters: list[tuple[list[int], tuple[int, int, int, int]]] = []
+    for index, box in enumerate(boxes):
+        members, (y0, y1, x0, x1) = [index], box
+        cost = (y1 - y0 + 2 * margin) * (x1 - x0 + 2 * margin)
+        merged = True
+        while merged:  # the grown box may now merge with clusters it passed before
+            merged = False
+            for j, (other, (oy0, oy1, ox0, ox1)) in enumerate(clusters):
+                uy0, uy1, ux0, ux1 = min(y0, oy0), max(y1, oy1), min(x0, ox0), max(x1, ox1)
+                union_cost = (uy1 - uy0 + 2 * margin) * (ux1 - ux0 + 2 * margin)
+                other_cost = (oy1 - oy0 + 2 * margin) * (ox1 - ox0 + 2 * margin)
+                overlap = y0 < oy1 and oy0 < y1 and x0 < ox1 and ox0 < x1
+                if union_cost <= cost + other_cost or (disjoint and overlap):
+                    members, (y0, y1, x0, x1), cost = other + members, (uy0, uy1, ux0, ux1), union_cost
+                    del clusters[j]
+                    merged = True
+                    break
+        clusters.append((sorted(members), (y0, y1, x0, x1)))
+    return clusters
 
 
 # --- motion blur -------------------------------------------------------------------------------------
@@ -411,64 +473,61 @@ def _sample_previous(previous: np.ndarray, flow: np.ndarray, grid: np.ndarray, b
 def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> None:
     """Blur ``frame`` (float32 ``(H, W, 3)``, in place) along the block-wise motion of ``field``.
 
-    One job per kernel kind and connected group of its blocks. A job's weight is its block indicator
-    times the motion mask, both on the mask's cell grid, upsampled bilinearly: it fades over one cell
-    where the kind changes or the motion stops. Jobs read a snapshot of the frame and merge with
-    ``cv2.blendLinear`` under a running normalisation: the result is ``Σ_j w_j·blur_j + (1 - Σ_j w_j)·frame``.
+    A kind's weight is its block indicator times the motion mask, both on the mask's cell grid, upsampled
+    bilinearly: it fades over one cell where the kind changes or the motion stops. One job per kind and
+    box: the connected groups of the kind's blocks, with one cell of context, nearby boxes merged
+    (:func:`_merge_boxes`; boxes of one kind never overlap, so each pixel takes a kind's weight once). Jobs
+    read a snapshot of the frame and merge with ``cv2.blendLinear`` under a running normalisation: the
+    result is ``Σ_j w_j·blur_j + (1 - Σ_j w_j)·frame``.
     """
     height, width = frame.shape[:2]
-    ids = _block_kernel_ids(field, params)
-    kinds = np.unique(ids[ids >= 0])
-    if kinds.size == 0:
+    ids, kinds = _block_kernel_ids(field, params)
+    if not kinds:
         return
     cell, per = field.cell, params.block_size // field.cell
-    rows, cols = ids.shape
     cell_rows, cell_cols = field.mask.shape
+    # (cell_rows, cell_cols, kinds): each kind's blocks on the cell grid, where the cleaned mask moves.
+    onehot = (ids[..., None] == np.arange(len(kinds))).astype(np.float32)
+    cells = cv2.resize(onehot, (cell_cols, cell_rows), interpolation=cv2.INTER_NEAREST)
+    cells = cells.reshape(cell_rows, cell_cols, len(kinds)) * field.mask[..., None]
     jobs = []
-    for kind in kinds:
-        level, angle_bin = divmod(int(kind), params.angle_bins)
+    for k, kind in enumerate(kinds):
+        level, angle_bin = divmod(kind, params.angle_bins)
         kernels = _line_kernels(level, angle_bin, params.angle_bins, params.length_steps_per_octave)
-        # One job per connected group of blocks: a box around scattered blocks would blur (and pay for) the
-        # gaps between them.
-        count, labels, stats, _ = cv2.connectedComponentsWithStats((ids == kind).astype(np.uint8),
-                                                                   connectivity=8)
-        for label in range(1, count):
-            left, top, span_x, span_y = (int(v) for v in stats[label, :4])
-            # The group's cells plus one cell of context (where its weight fades out), within the grid.
-            r0, r1 = max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows)
-            c0, c1 = max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols)
-            # Membership per cell: the blocks around the group (one block of ring) repeated per cell.
-            b0, b1 = max(top - 1, 0), min(top + span_y + 1, rows)
-            a0, a1 = max(left - 1, 0), min(left + span_x + 1, cols)
-            member = cv2.resize((labels[b0:b1, a0:a1] == label).astype(np.float32),
-                                ((a1 - a0) * per, (b1 - b0) * per), interpolation=cv2.INTER_NEAREST)
-            member = member[r0 - b0 * per : r1 - b0 * per, c0 - a0 * per : c1 - a0 * per]
-            cells = member * field.mask[r0:r1, c0:c1]
-            if not cells.any():
+        reach = _reach(kernels)
+        _, _, stats, _ = cv2.connectedComponentsWithStats((ids == k).astype(np.uint8), connectivity=8)
+        # The group's cells plus one cell of context (where its weight fades out), within the grid.
+        groups = [(max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows),
+                   max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols))
+                  for left, top, span_x, span_y, _ in stats[1:].tolist()]
+        kind_cells = np.ascontiguousarray(cells[..., k])
+        for _, (r0, r1, c0, c1) in _merge_boxes(groups, -(-max(reach) // cell), disjoint=True):
+            sub = kind_cells[r0:r1, c0:c1]
+            if not sub.any():
                 continue  # the cleaned motion mask says still: nothing to blur
             # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling: the context
             # cell holds zeros either way, and at the frame border both replicate the edge cell.
-            weight = cv2.resize(cells, ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_LINEAR)
+            weight = cv2.resize(sub, ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_LINEAR)
             box = (r0 * cell, min(r1 * cell, height), c0 * cell, min(c1 * cell, width))
-            jobs.append((box, kernels, _reach(kernels), weight[: box[1] - box[0], : box[3] - box[2]]))
+            jobs.append((box, (r0, r1, c0, c1), kernels, reach, weight[: box[1] - box[0], : box[3] - box[2]]))
     if not jobs:
         return
-    # Every job reads from one snapshot of the union of their boxes (plus the widest kernel reach,
-    # edge-replicated at the frame border), so blurs never see each other's output.
-    boxes = np.array([job[0] for job in jobs])
-    uy0, ux0 = (int(v) for v in boxes[:, [0, 2]].min(axis=0))
-    uy1, ux1 = (int(v) for v in boxes[:, [1, 3]].max(axis=0))
-    reach = max(job[2] for job in jobs)
-    source = _replicated_crop(frame, uy0 - reach, uy1 + reach, ux0 - reach, ux1 + reach)
-    running = np.ones((uy1 - uy0, ux1 - ux0), np.float32)  # becomes 1 − Σ_j w_j: weight left on the frame
-    for (y0, y1, x0, x1), _, _, weight in jobs:
-        running[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] -= weight
-    for (y0, y1, x0, x1), kernels, k_reach, weight in jobs:
-        oy, ox = y0 - uy0 + reach, x0 - ux0 + reach
-        blurred = source[oy - k_reach : oy + (y1 - y0) + k_reach, ox - k_reach : ox + (x1 - x0) + k_reach]
-        for kernel in kernels:
-            blurred = cv2.filter2D(blurred, -1, kernel, borderType=cv2.BORDER_REPLICATE)
-        blurred = blurred[k_reach : k_reach + y1 - y0, k_reach : k_reach + x1 - x0]
+    # Every job reads from one snapshot of the union of their boxes plus the widest kernel reach, so blurs
+    # never see each other's output.
+    uy0, ux0 = min(job[0][0] for job in jobs), min(job[0][2] for job in jobs)
+    uy1, ux1 = max(job[0][1] for job in jobs), max(job[0][3] for job in jobs)
+    ur0, ur1 = uy0 // cell, max(job[1][1] for job in jobs)
+    uc0, uc1 = ux0 // cell, max(job[1][3] for job in jobs)
+    ry, rx = max(job[3][0] for job in jobs), max(job[3][1] for job in jobs)
+    sy0, sx0 = max(uy0 - ry, 0), max(ux0 - rx, 0)
+    source = frame[sy0 : min(uy1 + ry, height), sx0 : min(ux1 + rx, width)].copy()
+    # 1 − Σ_j w_j, the weight left on the frame: the upsampled sum of all kinds' cells (resizing is linear,
+    # and the union's outer cells hold zeros, as for each job).
+    moving = cv2.resize(np.ascontiguousarray(cells[ur0:ur1, uc0:uc1].sum(axis=-1)),
+                        ((uc1 - uc0) * cell, (ur1 - ur0) * cell), interpolation=cv2.INTER_LINEAR)
+    running = 1.0 - moving[: uy1 - uy0, : ux1 - ux0]
+    for (y0, y1, x0, x1), _, kernels, _, weight in jobs:
+        blurred = _line_blur(source, (y0 - sy0, y1 - sy0, x0 - sx0, x1 - sx0), kernels)
         acc = running[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]
         target = frame[y0:y1, x0:x1]
         # (w·blur + S·current) / (w + S) with S the weight merged so far; blendLinear adds 1e-5 to the
@@ -477,81 +536,112 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
         acc += weight
 
 
-def _replicated_crop(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """A copy of ``image[y0:y1, x0:x1]`` where out-of-frame rows/columns repeat the nearest edge."""
-    height, width = image.shape[:2]
-    cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)
-    crop = image[cy0:cy1, cx0:cx1]
-    pads = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
-    if any(pads):
-        return cv2.copyMakeBorder(crop, *pads, cv2.BORDER_REPLICATE)
-    return crop.copy()
+def _line_blur(source: np.ndarray, box: tuple[int, int, int, int], kernels: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``source[y0:y1, x0:x1]`` filtered by ``kernels`` in turn, edges of ``source`` replicated.
+
+    Each pass is computed on the box plus the reach of the passes still to come only.
+    """
+    y0, y1, x0, x1 = box
+    height, width = source.shape[:2]
+    ry, rx = _reach(kernels)
+    oy, ox = max(y0 - ry, 0), max(x0 - rx, 0)  # origin of ``out`` in ``source``
+    out = source[oy : min(y1 + ry, height), ox : min(x1 + rx, width)]
+    for kernel in kernels:
+        out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+        ry, rx = ry - kernel.shape[0] // 2, rx - kernel.shape[1] // 2
+        ny, nx = max(y0 - ry, 0), max(x0 - rx, 0)
+        out = out[ny - oy : min(y1 + ry, height) - oy, nx - ox : min(x1 + rx, width) - ox]
+        oy, ox = ny, nx
+    return out
 
 
-def _reach(kernels: tuple[np.ndarray, ...]) -> int:
-    """How far (px) applying ``kernels`` in turn reads from a pixel."""
-    return sum(max(kernel.shape) // 2 for kernel in kernels)
+def _reach(kernels: tuple[np.ndarray, ...]) -> tuple[int, int]:
+    """How far (px; rows, columns) applying ``kernels`` in turn reads from a pixel."""
+    return sum(kernel.shape[0] // 2 for kernel in kernels), sum(kernel.shape[1] // 2 for kernel in kernels)
 
 
-def _block_kernel_ids(field: _MotionField, params: FlowParams) -> np.ndarray:
-    """int ``(rows, cols)``: each block's line-kernel id ``level · angle_bins + angle_bin``, -1 for none.
+def _block_kernel_ids(field: _MotionField, params: FlowParams) -> tuple[np.ndarray, list[int]]:
+    """``(index, kinds)``: each block's line kernel as an index into ``kinds`` (-1 for none), and the kinds'
+    ids ``level · angle_bins + angle_bin``, commonest first.
 
     Blocks at or below the motion threshold, or whose quantised length is under 2 px, get none. Moving
     blocks take the mean vector of their moving neighbours (``block_smoothing``). When more than
     ``max_kernels`` ids occur, the rarer ones become the nearest kept id (distance in octaves of length and
     in 22.5° steps of direction), and isolated blocks join their neighbours: both bound the work per frame.
     """
-    blocks = field.blocks
-    speed = np.hypot(blocks[..., 0], blocks[..., 1])
-    moving = speed > params.motion_threshold
+    bx, by = cv2.split(field.blocks)
+    moving = cv2.magnitude(bx, by) > params.motion_threshold
     if not moving.any():
-        return np.full(moving.shape, -1, np.int64)
+        return np.full(moving.shape, -1, np.int64), []
+    count: float | np.ndarray = 1.0
     if params.block_smoothing > 1:
         window = (params.block_smoothing, params.block_smoothing)
         weight = moving.astype(np.float32)
-        total = cv2.blur(blocks * weight[..., None], window, borderType=cv2.BORDER_REPLICATE)
-        count = cv2.blur(weight, window, borderType=cv2.BORDER_REPLICATE)
-        blocks = np.where(moving[..., None], total / np.maximum(count, 1e-6)[..., None], blocks)
-        speed = np.hypot(blocks[..., 0], blocks[..., 1])
-    length = np.clip(params.length_scale * speed, 1.0, params.max_length)
+        # (x·w, y·w, w) summed over the window in one pass; a moving block counts itself, so w > 0 there.
+        total = cv2.blur(cv2.merge((bx * weight, by * weight, weight)), window, borderType=cv2.BORDER_REPLICATE)
+        bx, by, count = cv2.split(total)
+        count = np.maximum(count, 1e-6)
+    # The mean vector's direction does not depend on the division by the count; its length does.
+    speed, angle = cv2.cartToPolar(bx, by, angleInDegrees=True)  # angle within ~0.3°, in [0°, 360°)
     steps, bins = params.length_steps_per_octave, params.angle_bins
-    level = np.rint(steps * np.log2(length)).astype(np.int64)
-    # A line kernel is symmetric, so directions are taken modulo 180°.
-    angle = np.mod(np.arctan2(blocks[..., 1], blocks[..., 0]), np.pi)
-    angle_bin = np.rint(angle / (np.pi / bins)).astype(np.int64) % bins
+    # rint(steps · log2(clip(length, 1, max_length))) as a table look-up.
+    level = np.searchsorted(_level_edges(steps, params.max_length), speed * (params.length_scale / count))
+    # A line kernel is symmetric, so directions are taken modulo 180° (360° is 2·bins bins).
+    angle_bin = np.rint(angle * (bins / 180.0)).astype(np.int64) % bins
     ids = np.where(moving & (level >= steps), level * bins + angle_bin, -1)
-    kinds, counts = np.unique(ids[ids >= 0], return_counts=True)
-    if kinds.size > params.max_kernels:
-        kept = kinds[np.lexsort((kinds, -counts))[: params.max_kernels]]  # most blocks first, ties by id
-        chosen = ids >= 0
-        d_level = (level[chosen][:, None] - kept[None, :] // bins) / steps
-        d_angle = np.abs(angle_bin[chosen][:, None] - kept[None, :] % bins)
-        d_angle = np.minimum(d_angle, bins - d_angle) * (180.0 / bins) / 22.5
-        ids[chosen] = kept[np.argmin(d_level**2 + d_angle**2, axis=1)]
-    return _absorb_isolated(ids)
+    counts = np.bincount(ids.ravel() + 1)[1:]
+    order = np.argsort(-counts, kind="stable")[: params.max_kernels].tolist()  # most blocks first, ties by id
+    kept = tuple(kind for kind in order if counts[kind])
+    if not kept:
+        return np.full(moving.shape, -1, np.int64), []
+    index = _nearest_kept(kept, counts.size, bins, steps)
+    return _absorb_isolated(index[ids + 1], len(kept)), list(kept)
 
 
-def _absorb_isolated(ids: np.ndarray) -> np.ndarray:
-    """Give a moving block that shares its id with none of its 8 neighbours the commonest neighbouring id.
+@functools.lru_cache(maxsize=256)
+def _nearest_kept(kept: tuple[int, ...], num_ids: int, bins: int, steps: int) -> np.ndarray:
+    """int ``(num_ids + 1,)``: at ``id + 1``, the index in ``kept`` of the kept id nearest to ``id`` (distance in
+    octaves of length and in 22.5° steps of direction); -1 at 0, for "no kernel".
 
-    Such blocks are mostly DIS noise at object boundaries; each would otherwise cost a job of its own.
-    Only ids held by at least two neighbours are taken; static blocks (-1) neither change nor spread.
+    Cached: the kept ids mostly repeat from frame to frame of a clip.
     """
-    rows, cols = ids.shape
-    padded = np.pad(ids, 1, constant_values=-1)
-    neighbours = np.stack([padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols]
-                           for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=-1)  # (rows, cols, 8)
-    isolated = (ids >= 0) & ~(neighbours == ids[..., None]).any(axis=-1)
-    if not isolated.any():
-        return ids
-    around = neighbours[isolated]  # (n, 8)
-    valid = around >= 0
-    votes = np.where(valid, ((around[:, :, None] == around[:, None, :]) & valid[:, None, :]).sum(axis=-1), -1)
-    best = around[np.arange(len(around)), votes.argmax(axis=-1)]
-    out = ids.copy()
-    out[isolated] = np.where(votes.max(axis=-1) >= 2, best, ids[isolated])
-    return out
+    ids = np.arange(num_ids)[:, None]
+    targets = np.asarray(kept)[None, :]
+    d_level = (ids // bins - targets // bins) / steps
+    d_angle = np.abs(ids % bins - targets % bins)
+    d_angle = np.minimum(d_angle, bins - d_angle) * (180.0 / bins) / 22.5
+    table = np.concatenate(([-1], np.argmin(d_level**2 + d_angle**2, axis=1)))
+    table.flags.writeable = False  # shared by every caller of the cache
+    return table
 
+
+@functools.lru_cache(maxsize=16)
+def _level_edges(steps: int, max_length: float) -> np.ndarray:
+    """Lengths (px) where the quantised level steps up: level ``l`` covers ``[2^((l-½)/steps),
+    2^((l+½)/steps))``, the top level also every length above ``max_length``."""
+    top = round(steps * math.log2(max_length))
+    return 2.0 ** ((np.arange(1, top + 1) - 0.5) / steps)
+
+
+def _absorb_isolated(index: np.ndarray, kinds: int) -> np.ndarray:
+    """Give a moving block that shares its kind with none of its 8 neighbours the commonest neighbouring kind.
+
+    ``index``: int ``(rows, cols)``, kind index in ``[0, kinds)`` or -1. Such blocks are mostly DIS noise at
+    object boundaries; each would otherwise cost a job of its own. Only kinds held by at least two
+    neighbours are taken (ties go to the lower index, the commoner kind); static blocks (-1) neither change
+    nor spread.
+    """
+    rows, cols = index.shape
+    onehot = (index[..., None] == np.arange(kinds)).astype(np.float32)
+    # Per block and kind: how many of the 3×3 blocks around it (itself included) hold that kind.
+    around = cv2.boxFilter(onehot, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    around = around.reshape(rows, cols, kinds)
+    own = (around * onehot).sum(axis=-1)
+    isolated = (index >= 0) & (own < 1.5)
+    if not isolated.any():
+        return index
+    votes = around.max(axis=-1)
+    return np.where(isolated & (votes >= 2), around.argmax(axis=-1), index)
 
 @functools.lru_cache(maxsize=1024)
 def _line_kernels(level: int, angle_bin: int, angle_bins: int, steps: int) -> tuple[np.ndarray, ...]:
