@@ -158,14 +158,11 @@ class ShuffleBuffer:
 
 
 def decode_clip(data: bytes) -> np.ndarray:
-    """Decode one stored clip to uint8 ``(T, H, W, 3)``: the core reader (decord where it is trusted), and
-    PyAV when that fails; decord 0.6 rejects some FFV1 frame widths (not multiples of 32) outright."""
+    """Decode one stored clip to uint8 ``(T, H, W, 3)`` with the core reader: decord where it was checked to
+    match PyAV, PyAV otherwise and wherever decord fails (it rejects some FFV1 frame widths)."""
     from cascadevsr.video import decode_video
 
-    try:
-        return decode_video(data)
-    except UserError:
-        return decode_video(data, backend="pyav")
+    return decode_video(data)
 
 
 def decode_pair(sample: dict[str, Any]) -> dict[str, Any]:
