@@ -383,7 +383,9 @@ class _CodecSpec:
 
 # Written out by hand; `write_video`'s docstring says what each is for.
 _CODECS: dict[str, _CodecSpec] = {
-    "libx264": _CodecSpec("yuv444p", "crf"),
+    # mbtree off: with x264's macroblock-tree rate control, identical frames can encode to different bytes
+    # depending on what the process encoded before; near-lossless storage loses nothing measurable without it.
+    "libx264": _CodecSpec("yuv444p", "crf", (("x264-params", "mbtree=0"),)),
     "libx264rgb": _CodecSpec("rgb24", "crf"),  # stored as gbrp; crf=0 is a bit-exact RGB round trip
     "libx265": _CodecSpec("yuv420p", "crf", (("x265-params", "log-level=error"),)),
     "ffv1": _CodecSpec("bgr0", None),  # lossless: crf is ignored
