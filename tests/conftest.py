@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cascadevsr.paths import clips_dir
 from cascadevsr.video import read_frames
@@ -40,3 +41,16 @@ def bikes_frames() -> np.ndarray:
 def carphone_frames() -> np.ndarray:
     """8 frames of carphone_pristine (whole 176×144 frame), uint8 (T, H, W, 3)."""
     return real_crop("carphone_pristine.mp4", 0, 8, 0, 0, (144, 176))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch work on one intra-op thread.
+
+    On a shared CPU a second OpenMP thread that waits for a busy core makes small operations many times
+    slower (measured ~10x for Real-ESRGAN on tiny LR frames); one thread does not wait.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

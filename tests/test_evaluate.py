@@ -22,14 +22,7 @@ CLIPS = {"city_a": (40, 150, 300), "city_b": (100, 220, 420)}
 SIZE = (96, 192)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Real-ESRGAN on tiny LR frames is dominated by per-layer thread synchronisation; on a shared CPU a
-    # second OpenMP thread that has to wait for a busy core made it ~10x slower, one thread does not.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_frames(folder: Path, frames: np.ndarray) -> None:

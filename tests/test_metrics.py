@@ -33,13 +33,7 @@ KNOWN_NIQE_BASICSR = (15.565961375782354, 3.793151184967588, 3.188396874929021, 
                       8.68502023666072)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # On a shared CPU a second OpenMP thread that waits for a busy core slows small ops down many times.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def agrees(value: float, published: str) -> bool:

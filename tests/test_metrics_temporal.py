@@ -11,14 +11,7 @@ import torch
 from cascadevsr.evaluate import temporal
 from cascadevsr.evaluate.metrics import create_metric
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # On a shared CPU a second OpenMP thread that waits for a busy core slows small ops down many times.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _t(frames: np.ndarray) -> torch.Tensor:
