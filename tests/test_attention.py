@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from cascadevsr.latent import PixelCodec
 from cascadevsr.train.attention import (
     AttentionSpec,
     attend,
@@ -13,8 +15,6 @@ from cascadevsr.train.attention import (
     temporal_units,
     ungroup_frames,
 )
-
-from cascadevsr.latent import PixelCodec
 
 
 def _qkv(shape=(2, 2, 3, 7, 10, 8), seed=0, dtype=torch.float64):

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from cascadevsr.train import flow
 from scipy import stats
 
 from cascadevsr.errors import UserError
+from cascadevsr.train import flow
 
 
 def test_path_target_and_clean_estimate_agree():

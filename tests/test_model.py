@@ -6,6 +6,9 @@ import dataclasses
 
 import pytest
 import torch
+
+from cascadevsr.errors import UserError
+from cascadevsr.latent import PixelCodec
 from cascadevsr.train import flow
 from cascadevsr.train.attention import temporal_units
 from cascadevsr.train.lr_branch import bilinear_frames
@@ -21,9 +24,6 @@ from cascadevsr.train.model import (
     save_checkpoint,
 )
 from cascadevsr.train.objective import training_loss
-
-from cascadevsr.errors import UserError
-from cascadevsr.latent import PixelCodec
 
 
 def _real_latents(frames, codec=None, hr=16, scale=4):

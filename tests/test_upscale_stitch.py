@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from cascadevsr.train.inference import InferenceConfig, segment_spans, stitch, upscale_latent, windows
 from cascadevsr.train.model import model_config
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cascadevsr.train import flow
-from cascadevsr.train.model import VSRModel
 
 from cascadevsr.errors import UserError
 from cascadevsr.latent import LatentCodec, pixel_frames, valid_length
+from cascadevsr.train import flow
+from cascadevsr.train.model import VSRModel
 
 # --------------------------------------------------------------------------------- windows and stitch
 

@@ -46,6 +46,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from cascadevsr.errors import UserError
 from cascadevsr.train.attention import (
     ATTENTION_KINDS,
     ATTENTION_PATHS,
@@ -58,10 +62,6 @@ from cascadevsr.train.attention import (
     ungroup_frames,
 )
 from cascadevsr.train.lr_branch import LR_BRANCHES, make_lr_branch
-from einops import rearrange
-from torch import nn
-
-from cascadevsr.errors import UserError
 
 CHECKPOINT_FORMAT = "cascadevsr.vsr/1"
 
@@ -193,7 +193,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     # tests and CPU demos: seconds per hundred steps on a laptop core
-    "tiny": {"codec": {"name": "pixel", "space_factor": 2, "time_factor": 4}, "hidden": 64, "depth": 2,
+    "tiny": {"codec": {"name": "pixel", "space_factor": 2, "time_factor": 4}, "hidden": 128, "depth": 2,
              "heads": 4, "lr_hidden": 32, "patch": 1, "window": (4, 4)},
     # one GPU experiments
     "small": {"hidden": 384, "depth": 12, "heads": 6, "lr_hidden": 128, "patch": 2},

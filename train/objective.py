@@ -7,6 +7,7 @@ one ``generator`` passed in, in a fixed order, so a batch's loss is reproducible
 from __future__ import annotations
 
 import torch
+
 from cascadevsr.train import flow
 from cascadevsr.train.model import VSRModel
 

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-overlap", type=int, default=5, help="latent frames shared by segments")
     parser.add_argument("--fps", type=float, default=None,
                         help="output frame rate (default: the input's; 24 for .npy)")
+    parser.add_argument("--codec", default="libx264",
+                        help="output video codec (libx264, ffv1 for lossless, ...; see cascadevsr.video)")
     parser.add_argument("--crf", type=int, default=18,
                         help="H.264 quality of the output (0-51, lower is better)")
     parser.add_argument("--raw-weights", action="store_true",
@@ -68,11 +70,15 @@ def peak_memory_mb(device: Any) -> float:
 
 
 def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path, icfg: Any,
-                 scale: float | None = None, fps: float | None = None, crf: int = 18,
+                 scale: float | None = None, fps: float | None = None, video_codec: str = "libx264", crf: int = 18,
                  prefer_ema: bool = True, device: str = "auto", show_progress: bool = True) -> dict[str, Any]:
     """Upscale ``input_path`` (video or ``.npy`` LR latent) into the video ``out``; returns a run summary."""
     import numpy as np
     import torch
+    from tqdm import tqdm
+
+    from cascadevsr import video
+    from cascadevsr.latent import make_codec
     from cascadevsr.train.inference import (
         hr_latent_size,
         model_evaluations,
@@ -82,10 +88,6 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
         upscale_stream,
     )
     from cascadevsr.train.model import load_checkpoint
-    from tqdm import tqdm
-
-    from cascadevsr import video
-    from cascadevsr.latent import make_codec
 
     input_path, out = Path(input_path), Path(out)
     if not input_path.is_file():
@@ -116,7 +118,7 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
         hr = upscale_latent(model, lr_latent.to(dev), size, icfg, progress=progress)
         frames = to_uint8_frames(codec.decode(hr)[0])
         num_frames, fps = frames.shape[0], fps or 24.0
-        video.write_video(out, frames, fps, crf=crf)
+        video.write_video(out, frames, fps, codec=video_codec, crf=crf)
         in_size = (lr_latent.shape[-2] * codec.space_factor, lr_latent.shape[-1] * codec.space_factor)
     else:
         info = video.probe(input_path)
@@ -129,7 +131,7 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
                         for a, b in segment_spans(num_frames, icfg, tf))
         chunks = upscale_stream(model, codec, lambda a, b: video.read_frames(input_path, a, b),
                                 num_frames, icfg, scale, progress, dev)
-        video.write_video(out, chunks, fps, crf=crf)
+        video.write_video(out, chunks, fps, codec=video_codec, crf=crf)
     bar.close()
     seconds = time.perf_counter() - started
     out_size = (round(in_size[0] * scale), round(in_size[1] * scale))
@@ -154,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"upscale {args.input} -> {out} with {args.checkpoint}: {icfg.steps} Euler steps, "
           f"seed {icfg.seed}, windows of {icfg.window} latent frames, tiles of {icfg.tile} latent pixels")
     summary = upscale_file(args.input, out, args.checkpoint, icfg, scale=args.scale, fps=args.fps,
-                           crf=args.crf, prefer_ema=not args.raw_weights, device=args.device)
+                           video_codec=args.codec, crf=args.crf, prefer_ema=not args.raw_weights,
+                           device=args.device)
     config_path = out.with_name(out.stem + ".config.json")
     config_path.write_text(json.dumps(summary, indent=2))
     h, w = summary["output_size"]
