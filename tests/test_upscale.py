@@ -99,6 +99,20 @@ def test_upscale_command_beats_bicubic_on_the_fitted_clip(fitted, tmp_path, caps
     assert config["inference"]["steps"] == 20 and config["output_size"] == [24, 24]
 
 
+def test_streamed_segments_are_blended_into_one_video(fitted, tmp_path):
+    path, _, hr, lr, _, _ = fitted
+    lr_video = tmp_path / "lr.mkv"
+    write_video(lr_video, lr, fps=25, codec="ffv1")
+    out = tmp_path / "segments.mkv"
+    # segments of 2 latent frames (5 video frames) sharing one: frames 0-4 and 4-8, blended at frame 4
+    assert cli_main(["upscale", str(lr_video), "--checkpoint", str(path), "--out", str(out), "--steps", "20",
+                     "--codec", "ffv1", "--segment", "2", "--segment-overlap", "1", *TILING]) == 0
+    sr = read_frames(out)
+    assert sr.shape == hr.shape
+    bicubic = np.stack([cv2.resize(f, (24, 24), interpolation=cv2.INTER_CUBIC) for f in lr])
+    assert psnr(sr, hr) > psnr(bicubic, hr) + 1.0, (psnr(sr, hr), psnr(bicubic, hr))
+
+
 def _band_mask(length: int, spans: list[tuple[int, int]], factor: int) -> np.ndarray:
     """True where an output pixel lies in the overlap of two latent spans (``factor`` pixels per latent)."""
     count = np.zeros(length * factor, dtype=int)
