@@ -112,7 +112,7 @@ def ungroup_frames(groups: torch.Tensor, num_frames: int, unit: int, shift: int)
     return flat[:, front:front + num_frames]
 
 
-# ------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------- masks and padding
 
 
 def _safe(mask: torch.Tensor) -> torch.Tensor:

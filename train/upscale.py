@@ -3,9 +3,10 @@
     cascadevsr upscale --checkpoint CKPT INPUT --out OUT.mp4 [--steps 50] [--noise-level s] [--seed 0]
 
 INPUT is a video file, or a ``.npy`` LR latent ``(C, t, h, w)`` in the checkpoint codec's space (the
-cascade's own case: the base model's latent goes straight in). Videos are streamed in segments, the model
-runs over temporal windows and spatial tiles with blended overlaps (see ``inference.py``), so any length
-and size fits in memory. The resolved settings are written next to the output as ``OUT.config.json``.
+cascade's own case: the base model's latent goes straight in; it is upscaled as one segment).
+Videos are streamed in segments, and the model runs over temporal windows and spatial tiles with
+blended overlaps (see ``inference.py``), so any length and size fits in memory. The resolved settings
+are written next to the output as ``OUT.config.json``.
 """
 
 from __future__ import annotations
