@@ -53,6 +53,12 @@ MIN_SIDE = 16  # DIS rejects frames much smaller than its patches and pyramid
 # cv2.filter2D switches to a whole-image DFT once kernel rows·cols reaches 130 (50 without SSE3) and then
 # costs ~20× more; longer line kernels are split into short factors that stay on the direct, sparse path.
 MAX_DIRECT_KERNEL_AREA = 121
+# The fixed cost of the calls that process one box (slicing, weights, sampling or filtering, blending), in
+# pixels of the box's own per-pixel work: nearby boxes are merged when the pixels added cost less. Measured
+# on one core at 320×180 and 640×360: ~25 µs per blend cluster at ~10 ns per pixel, ~20 µs per blur job at
+# ~5 ns per pixel. They only decide how work is grouped, never the result.
+BLEND_CALL_PX = 2500
+BLUR_CALL_PX = 4000
 
 
 @dataclass(frozen=True)
@@ -398,7 +404,7 @@ def _blend_previous_colours(frame: np.ndarray, previous: np.ndarray, field: _Mot
         boxes.append((cy - half_y, cy + half_y + 1, cx - half_x, cx + half_x + 1))  # may leave the frame
     margin = _gaussian_margin(params.sample_sigma)
     clipped = [(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)) for y0, y1, x0, x1 in boxes]
-    for members, (y0, y1, x0, x1) in _merge_boxes(clipped, margin, disjoint=False):
+    for members, (y0, y1, x0, x1) in _merge_boxes(clipped, margin, BLEND_CALL_PX, disjoint=False):
         soft = field.soft_mask(y0, y1, x0, x1)
         keep = np.ones((y1 - y0, x1 - x0), np.float32)  # Π_i (1 - m·w_i): the current colour's share
         for i in members:
@@ -438,13 +444,14 @@ def _sample_previous(previous: np.ndarray, flow: np.ndarray, grid: np.ndarray, b
     return warped[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
 
 
-def _merge_boxes(boxes: list[tuple[int, int, int, int]], margin: int,
+def _merge_boxes(boxes: list[tuple[int, int, int, int]], margin: int, call_cost: int,
                  disjoint: bool) -> list[tuple[list[int], tuple[int, int, int, int]]]:
     """Cluster boxes ``(y0, y1, x0, x1)`` that are cheaper to process as one: ``(member indices, union)``.
 
-    Each box is processed with ``margin`` extra on every side; two clusters merge when their union with
-    that margin has no more area than both apart (every call has a fixed cost, so ties merge), and always
-    when they overlap if ``disjoint``. Deterministic: the result depends on the boxes' order only.
+    Each box is processed with ``margin`` extra on every side, and each cluster costs as much as
+    ``call_cost`` more of that area (the fixed cost of its calls). Two clusters merge when their union
+    costs no more than both apart, and always when they overlap if ``disjoint``. Deterministic: the result
+    depends on the boxes and their order only.
     """
     clusters: list[tuple[list[int], tuple[int, int, int, int]]] = []
     for index, box in enumerate(boxes):
@@ -458,7 +465,7 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], margin: int,
                 union_cost = (uy1 - uy0 + 2 * margin) * (ux1 - ux0 + 2 * margin)
                 other_cost = (oy1 - oy0 + 2 * margin) * (ox1 - ox0 + 2 * margin)
                 overlap = y0 < oy1 and oy0 < y1 and x0 < ox1 and ox0 < x1
-                if union_cost <= cost + other_cost or (disjoint and overlap):
+                if union_cost <= cost + other_cost + call_cost or (disjoint and overlap):
                     members, (y0, y1, x0, x1), cost = other + members, (uy0, uy1, ux0, ux1), union_cost
                     del clusters[j]
                     merged = True
@@ -473,12 +480,12 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], margin: int,
 def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> None:
     """Blur ``frame`` (float32 ``(H, W, 3)``, in place) along the block-wise motion of ``field``.
 
-    A kind's weight is its block indicator times the motion mask, both on the mask's cell grid, upsampled
-    bilinearly: it fades over one cell where the kind changes or the motion stops. One job per kind and
-    box: the connected groups of the kind's blocks, with one cell of context, nearby boxes merged
-    (:func:`_merge_boxes`; boxes of one kind never overlap, so each pixel takes a kind's weight once). Jobs
-    read a snapshot of the frame and merge with ``cv2.blendLinear`` under a running normalisation: the
-    result is ``Σ_j w_j·blur_j + (1 - Σ_j w_j)·frame``.
+    A kind's weight ``w_k`` is its block indicator times the motion mask, both on the mask's cell grid,
+    upsampled bilinearly: it fades over one cell where the kind changes or the motion stops. One job per
+    kind and box: the connected groups of the kind's blocks, with one cell of context, nearby boxes merged
+    (:func:`_merge_boxes`; boxes of one kind never overlap, so each pixel takes a kind's weight once). All
+    blurs are computed from the unchanged frame first, then merged kind by kind with ``cv2.blendLinear``
+    under a running normalisation: the result is ``Σ_k w_k·blur_k + (1 - Σ_k w_k)·frame``.
     """
     height, width = frame.shape[:2]
     ids, kinds = _block_kernel_ids(field, params)
@@ -486,10 +493,9 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
         return
     cell, per = field.cell, params.block_size // field.cell
     cell_rows, cell_cols = field.mask.shape
-    # (cell_rows, cell_cols, kinds): each kind's blocks on the cell grid, where the cleaned mask moves.
-    onehot = (ids[..., None] == np.arange(len(kinds))).astype(np.float32)
-    cells = cv2.resize(onehot, (cell_cols, cell_rows), interpolation=cv2.INTER_NEAREST)
-    cells = cells.reshape(cell_rows, cell_cols, len(kinds)) * field.mask[..., None]
+    # Each cell's kind index, -1 where the cleaned mask is still: the weights of every job come from it.
+    cell_ids = cv2.resize(ids, (cell_cols, cell_rows), interpolation=cv2.INTER_NEAREST)
+    cell_ids[field.mask == 0] = -1
     jobs = []
     for k, kind in enumerate(kinds):
         level, angle_bin = divmod(kind, params.angle_bins)
@@ -500,52 +506,43 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
         groups = [(max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows),
                    max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols))
                   for left, top, span_x, span_y, _ in stats[1:].tolist()]
-        kind_cells = np.ascontiguousarray(cells[..., k])
-        for _, (r0, r1, c0, c1) in _merge_boxes(groups, -(-max(reach) // cell), disjoint=True):
-            sub = kind_cells[r0:r1, c0:c1]
-            if not sub.any():
+        margin = -(-max(reach) // cell)
+        for _, (r0, r1, c0, c1) in _merge_boxes(groups, margin, -(-BLUR_CALL_PX // cell**2), disjoint=True):
+            # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling where the
+            # sub-grid has one cell of context around the box (at the frame border both replicate the edge).
+            e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, cell_rows), max(c0 - 1, 0), min(c1 + 1, cell_cols)
+            around = cell_ids[e0:e1, f0:f1]
+            members = (around == k).astype(np.float32)
+            if not members.any():
                 continue  # the cleaned motion mask says still: nothing to blur
-            # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling: the context
-            # cell holds zeros either way, and at the frame border both replicate the edge cell.
-            weight = cv2.resize(sub, ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_LINEAR)
             box = (r0 * cell, min(r1 * cell, height), c0 * cell, min(c1 * cell, width))
-            jobs.append((box, (r0, r1, c0, c1), kernels, reach, weight[: box[1] - box[0], : box[3] - box[2]]))
-    if not jobs:
-        return
-    # Every job reads from one snapshot of the union of their boxes plus the widest kernel reach, so blurs
-    # never see each other's output.
-    uy0, ux0 = min(job[0][0] for job in jobs), min(job[0][2] for job in jobs)
-    uy1, ux1 = max(job[0][1] for job in jobs), max(job[0][3] for job in jobs)
-    ur0, ur1 = uy0 // cell, max(job[1][1] for job in jobs)
-    uc0, uc1 = ux0 // cell, max(job[1][3] for job in jobs)
-    ry, rx = max(job[3][0] for job in jobs), max(job[3][1] for job in jobs)
-    sy0, sx0 = max(uy0 - ry, 0), max(ux0 - rx, 0)
-    source = frame[sy0 : min(uy1 + ry, height), sx0 : min(ux1 + rx, width)].copy()
-    # 1 − Σ_j w_j, the weight left on the frame: the upsampled sum of all kinds' cells (resizing is linear,
-    # and the union's outer cells hold zeros, as for each job).
-    moving = cv2.resize(np.ascontiguousarray(cells[ur0:ur1, uc0:uc1].sum(axis=-1)),
-                        ((uc1 - uc0) * cell, (ur1 - ur0) * cell), interpolation=cv2.INTER_LINEAR)
-    running = 1.0 - moving[: uy1 - uy0, : ux1 - ux0]
-    for (y0, y1, x0, x1), _, kernels, _, weight in jobs:
-        blurred = _line_blur(source, (y0 - sy0, y1 - sy0, x0 - sx0, x1 - sx0), kernels)
-        acc = running[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]
+            crop = (slice((r0 - e0) * cell, (r0 - e0) * cell + box[1] - box[0]),
+                    slice((c0 - f0) * cell, (c0 - f0) * cell + box[3] - box[2]))
+            size = ((f1 - f0) * cell, (e1 - e0) * cell)
+            weight = cv2.resize(members, size, interpolation=cv2.INTER_LINEAR)[crop]
+            # Kind k is merged after kinds 0..k-1: the weight still on the frame is 1 - Σ_{j>=k} w_j, the
+            # upsampling of the cells that are still or of an earlier kind.
+            rest = cv2.resize((around < k).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)[crop]
+            jobs.append((box, _line_blur(frame, box, kernels, reach), weight, rest))
+    for (y0, y1, x0, x1), blurred, weight, rest in jobs:
         target = frame[y0:y1, x0:x1]
         # (w·blur + S·current) / (w + S) with S the weight merged so far; blendLinear adds 1e-5 to the
         # denominator (a relative error ≤ 1e-5).
-        cv2.blendLinear(blurred, target, weight, acc, dst=target)
-        acc += weight
+        cv2.blendLinear(blurred, target, weight, rest, dst=target)
 
 
-def _line_blur(source: np.ndarray, box: tuple[int, int, int, int], kernels: tuple[np.ndarray, ...]) -> np.ndarray:
-    """``source[y0:y1, x0:x1]`` filtered by ``kernels`` in turn, edges of ``source`` replicated.
+def _line_blur(image: np.ndarray, box: tuple[int, int, int, int], kernels: tuple[np.ndarray, ...],
+               reach: tuple[int, int]) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` filtered by ``kernels`` in turn (``reach``: their total reach, rows and
+    columns), the frame's edges replicated.
 
     Each pass is computed on the box plus the reach of the passes still to come only.
     """
     y0, y1, x0, x1 = box
-    height, width = source.shape[:2]
-    ry, rx = _reach(kernels)
-    oy, ox = max(y0 - ry, 0), max(x0 - rx, 0)  # origin of ``out`` in ``source``
-    out = source[oy : min(y1 + ry, height), ox : min(x1 + rx, width)]
+    height, width = image.shape[:2]
+    ry, rx = reach
+    oy, ox = max(y0 - ry, 0), max(x0 - rx, 0)  # origin of ``out`` in ``image``
+    out = image[oy : min(y1 + ry, height), ox : min(x1 + rx, width)]
     for kernel in kernels:
         out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REPLICATE)
         ry, rx = ry - kernel.shape[0] // 2, rx - kernel.shape[1] // 2
@@ -572,7 +569,7 @@ def _block_kernel_ids(field: _MotionField, params: FlowParams) -> tuple[np.ndarr
     bx, by = cv2.split(field.blocks)
     moving = cv2.magnitude(bx, by) > params.motion_threshold
     if not moving.any():
-        return np.full(moving.shape, -1, np.int64), []
+        return np.full(moving.shape, -1, np.int32), []
     count: float | np.ndarray = 1.0
     if params.block_smoothing > 1:
         window = (params.block_smoothing, params.block_smoothing)
@@ -593,7 +590,7 @@ def _block_kernel_ids(field: _MotionField, params: FlowParams) -> tuple[np.ndarr
     order = np.argsort(-counts, kind="stable")[: params.max_kernels].tolist()  # most blocks first, ties by id
     kept = tuple(kind for kind in order if counts[kind])
     if not kept:
-        return np.full(moving.shape, -1, np.int64), []
+        return np.full(moving.shape, -1, np.int32), []
     index = _nearest_kept(kept, counts.size, bins, steps)
     return _absorb_isolated(index[ids + 1], len(kept)), list(kept)
 
@@ -610,7 +607,7 @@ def _nearest_kept(kept: tuple[int, ...], num_ids: int, bins: int, steps: int) ->
     d_level = (ids // bins - targets // bins) / steps
     d_angle = np.abs(ids % bins - targets % bins)
     d_angle = np.minimum(d_angle, bins - d_angle) * (180.0 / bins) / 22.5
-    table = np.concatenate(([-1], np.argmin(d_level**2 + d_angle**2, axis=1)))
+    table = np.concatenate(([-1], np.argmin(d_level**2 + d_angle**2, axis=1))).astype(np.int32)
     table.flags.writeable = False  # shared by every caller of the cache
     return table
 
@@ -641,7 +638,7 @@ def _absorb_isolated(index: np.ndarray, kinds: int) -> np.ndarray:
     if not isolated.any():
         return index
     votes = around.max(axis=-1)
-    return np.where(isolated & (votes >= 2), around.argmax(axis=-1), index)
+    return np.where(isolated & (votes >= 2), around.argmax(axis=-1), index).astype(np.int32)
 
 @functools.lru_cache(maxsize=1024)
 def _line_kernels(level: int, angle_bin: int, angle_bins: int, steps: int) -> tuple[np.ndarray, ...]:
