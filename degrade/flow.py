@@ -307,12 +307,13 @@ class _MotionField:
 
     ``flow``: float32 ``(H, W, 2)``. ``blocks``: float32 ``(rows, cols, 2)`` mean flow per block (the
     frame is edge-padded to whole blocks). ``mask``: float32 ``(rows·k, cols·k)`` in {0, 1} per cell,
-    ``k = block_size / mask_cell_px``.
+    ``k = block_size / mask_cell_px``; ``moving``: the same as uint8.
     """
 
     flow: np.ndarray
     blocks: np.ndarray
     mask: np.ndarray
+    moving: np.ndarray
     cell: int
 
     @classmethod
@@ -340,7 +341,21 @@ class _MotionField:
                              (params.mask_close_cells, cv2.MORPH_CLOSE)):
             if diameter > 1:
                 mask = cv2.morphologyEx(mask, op, _disc(diameter))
-        return cls(flow=flow, blocks=blocks, mask=mask.astype(np.float32), cell=cell)
+        return cls(flow=flow, blocks=blocks, mask=mask.astype(np.float32), moving=mask, cell=cell)
+
+    def moving_part(self, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int, int, int] | None:
+        """The part of the pixel box where the soft mask is not zero, as a box, or None.
+
+        Bilinear upsampling spreads a moving cell over half a cell around it.
+        """
+        cell, half = self.cell, (self.cell + 1) // 2
+        r0, c0 = max((y0 - half) // cell, 0), max((x0 - half) // cell, 0)
+        left, top, span_x, span_y = cv2.boundingRect(self.moving[r0 : -(-(y1 + half) // cell),
+                                                                 c0 : -(-(x1 + half) // cell)])
+        if not span_x:
+            return None
+        return (max(y0, (r0 + top) * cell - half), min(y1, (r0 + top + span_y) * cell + half),
+                max(x0, (c0 + left) * cell - half), min(x1, (c0 + left + span_x) * cell + half))
 
     def soft_mask(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """float32 ``(y1-y0, x1-x0)``: the mask upsampled bilinearly, cropped to the pixel box.
@@ -389,32 +404,39 @@ def _blend_previous_colours(frame: np.ndarray, previous: np.ndarray, field: _Mot
     templates): ``S + (frame - S)·Π_i (1 - m·w_i)``. Ellipses are processed in clusters of nearby boxes
     (:func:`_merge_boxes`), each with one sampling and one blend, so the cost follows the area they cover.
     """
-    moving = np.flatnonzero(field.mask)
-    if moving.size == 0:
+    moving = cv2.findNonZero(field.moving)  # moving cells (x, y) in row-major order, or None
+    if moving is None:
         return
+    moving = moving.reshape(-1, 2)  # OpenCV 4 returns (n, 1, 2), OpenCV 5 (n, 2)
     height, width = frame.shape[:2]
-    cols, cell = field.mask.shape[1], field.cell
-    picks = moving[(draws[:, 0] * moving.size).astype(np.int64)].tolist()
+    cell = field.cell
+    picks = moving[(draws[:, 0] * len(moving)).astype(np.int64)].tolist()
     offsets = (draws[:, 1:] * cell).astype(np.int64).tolist()
     boxes = []
-    for template, pick, (oy, ox) in zip(templates, picks, offsets, strict=True):
-        row, col = divmod(pick, cols)
+    for template, (col, row), (oy, ox) in zip(templates, picks, offsets, strict=True):
         cy, cx = min(row * cell + oy, height - 1), min(col * cell + ox, width - 1)
         half_y, half_x = template.shape[0] // 2, template.shape[1] // 2
         boxes.append((cy - half_y, cy + half_y + 1, cx - half_x, cx + half_x + 1))  # may leave the frame
     margin = _gaussian_margin(params.sample_sigma)
     clipped = [(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)) for y0, y1, x0, x1 in boxes]
-    for members, (y0, y1, x0, x1) in _merge_boxes(clipped, margin, BLEND_CALL_PX, disjoint=False):
+    for members, cluster in _merge_boxes(clipped, margin, BLEND_CALL_PX, disjoint=False):
+        box = field.moving_part(*cluster)  # where m > 0: nothing changes outside
+        if box is None:
+            continue
+        y0, y1, x0, x1 = box
         soft = field.soft_mask(y0, y1, x0, x1)
         keep = np.ones((y1 - y0, x1 - x0), np.float32)  # Π_i (1 - m·w_i): the current colour's share
         for i in members:
-            by0, by1, bx0, bx1 = clipped[i]
-            ty, tx = by0 - boxes[i][0], bx0 - boxes[i][2]  # the template's offset where the frame clips it
+            by0, by1 = max(clipped[i][0], y0), min(clipped[i][1], y1)
+            bx0, bx1 = max(clipped[i][2], x0), min(clipped[i][3], x1)
+            if by0 >= by1 or bx0 >= bx1:
+                continue
+            ty, tx = by0 - boxes[i][0], bx0 - boxes[i][2]  # the box's offset in the template
             weight = templates[i][ty : ty + by1 - by0, tx : tx + bx1 - bx0] * soft[by0 - y0 : by1 - y0,
                                                                                  bx0 - x0 : bx1 - x0]
             part = keep[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
             part -= part * weight
-        sampled = _sample_previous(previous, field.flow, grid, (y0, y1, x0, x1), margin, params.sample_sigma)
+        sampled = _sample_previous(previous, field.flow, grid, box, margin, params.sample_sigma)
         region = frame[y0:y1, x0:x1]
         cv2.blendLinear(sampled, region, 1.0 - keep, keep, dst=region)  # writes through to ``frame``
 
@@ -495,7 +517,7 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
     cell_rows, cell_cols = field.mask.shape
     # Each cell's kind index, -1 where the cleaned mask is still: the weights of every job come from it.
     cell_ids = cv2.resize(ids, (cell_cols, cell_rows), interpolation=cv2.INTER_NEAREST)
-    cell_ids[field.mask == 0] = -1
+    cell_ids[field.moving == 0] = -1
     jobs = []
     for k, kind in enumerate(kinds):
         level, angle_bin = divmod(kind, params.angle_bins)
