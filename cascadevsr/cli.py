@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-data": ("cascadevsr.fetch", "fetch the real clips and offline weights into $CASCADEVSR_HOME"),
     "degrade": ("cascadevsr.degrade.command", "turn a real video into a reproducible LR/HR pair"),
     "build-corpus": ("cascadevsr.datasets.command", "build LR/HR training pairs into WebDataset shards"),
+    "train": ("cascadevsr.train.command", "fit the VSR model on corpus shards (one process, torchrun or Ray Train)"),
     "upscale": ("cascadevsr.train.upscale", "upscale a video or an LR latent with a trained VSR checkpoint"),
     "evaluate": ("cascadevsr.evaluate.command", "score methods' outputs against ground truth into parquet"),
     "demo": ("cascadevsr.reports.demo", "run the end-to-end demo on real clips"),
