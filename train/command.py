@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"done: step {summary['step']}, loss {summary['loss']:.4f}"
               + (f", best {best['metric']} {best['value']:.4g} at step {best['step']}" if best else "")
               + (f", {summary['skipped']} bad sample(s) skipped" if summary["skipped"] else ""))
+        weights = f"{args.out}/best" if best else args.out
         print(f"next: cascadevsr train --plot {args.out}; "
-              f"cascadevsr upscale LR.mp4 --checkpoint {args.out}/best --out HR.mp4")
+              f"cascadevsr upscale LR.mp4 --checkpoint {weights} --out HR.mp4")
     return 0

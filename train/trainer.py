@@ -89,9 +89,7 @@ class SkipCounter:
             for sample in src:
                 try:
                     out = fn(sample)
-                except UserError:
-                    raise
-                except Exception as err:
+                except Exception as err:  # the video layer reports corrupt data as UserError too
                     self.handler(ValueError(f"{sample.get('__key__')} in {sample.get('__url__')}: {err}"))
                     continue
                 yield out
@@ -480,6 +478,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: str = "auto",
     run_dir = Path(run_dir).absolute()
     dist = distributed.setup(cfg.device)
     device = dist.device
+    threads = torch.get_num_threads()
     try:
         if device.type == "cpu":
             local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
@@ -512,7 +511,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: str = "auto",
         urls = resolve_urls(cfg.data.shards)
         if cfg.data.val_shards:
             val_urls = resolve_urls(cfg.data.val_shards)
-        elif cfg.data.holdout_shards:
+        elif cfg.data.holdout_shards and cfg.val.every:
             if len(urls) <= cfg.data.holdout_shards:
                 raise UserError(f"data.holdout_shards: holding out {cfg.data.holdout_shards} of {len(urls)} "
                                 "shard(s) leaves none to train on")
@@ -767,6 +766,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: str = "auto",
         distributed.barrier(dist)
         return summary
     finally:
+        torch.set_num_threads(threads)  # the caller's setting (tests run many trainings in one process)
         distributed.teardown(dist)
 
 
