@@ -14,6 +14,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -241,3 +242,30 @@ def test_stage_presets_chain_through_init_from(corpus, tmp_path):
     # Step 0 of stage 2 validates stage 1's EMA weights on the same held-out draws.
     assert pd.read_csv(second / "val.csv").val_loss.iloc[0] == pytest.approx(
         pd.read_csv(first / "val.csv").val_loss.iloc[-1], rel=1e-6)
+
+
+def test_cached_latents_are_written_beside_the_shards_and_spare_the_video_decode(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    overrides = ("data.latents=cache", f"data.cache_dir={cache}", "val.every=0", "global_batch=2", "micro_batch=2")
+    train(config(corpus, "steps=6", *overrides), tmp_path / "fill", show_progress=False)
+    cached = {p.stem for p in cache.glob("*.npz")}
+    assert cached
+    with np.load(next(cache.glob("*.npz"))) as z:  # whole clips in the tiny codec (space factor 2)
+        assert z["hr"].shape[-3:] == (3, 32, 32) and z["lr"].shape[-3:] == (3, 8, 8)
+    # The same samples with unreadable videos: training reads the cache only, so nothing is skipped.
+    garbled = []
+    for path in corpus_shards(corpus):
+        with tarfile.open(path) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar]
+        if members[0][0].split(".")[0] not in cached:
+            continue
+        out = tmp_path / Path(path).name
+        with tarfile.open(out, "w") as tar:
+            for name, data in members:
+                data = b"garbage" if name.endswith(".mp4") else data
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        garbled.append(str(out))
+    summary = train(config(",".join(garbled), "steps=4", *overrides), tmp_path / "warm", show_progress=False)
+    assert summary["skipped"] == 0 and summary["step"] == 4
