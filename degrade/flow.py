@@ -505,8 +505,9 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
 
     A kind's weight ``w_k`` is its block indicator times the motion mask, both on the mask's cell grid,
     upsampled bilinearly: it fades over one cell where the kind changes or the motion stops. One job per
-    kind and box: the connected groups of the kind's blocks, with one cell of context, nearby boxes merged
-    (:func:`_merge_boxes`; boxes of one kind never overlap, so each pixel takes a kind's weight once). All
+    kind and box: the connected groups of the kind's blocks plus the half cell their weight reaches past
+    them, nearby boxes merged (:func:`_merge_boxes`; boxes of one kind never overlap, so each pixel takes
+    a kind's weight once). All
     blurs are computed from the unchanged frame first, then merged kind by kind with ``cv2.blendLinear``
     under a running normalisation: the result is ``Σ_k w_k·blur_k + (1 - Σ_k w_k)·frame``.
     """
@@ -514,39 +515,39 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
     ids, kinds = _block_kernel_ids(field, params)
     if not kinds:
         return
-    cell, per = field.cell, params.block_size // field.cell
+    cell, size = field.cell, params.block_size
     cell_rows, cell_cols = field.mask.shape
     # Each cell's kind index, -1 where the cleaned mask is still: the weights of every job come from it.
     cell_ids = cv2.resize(ids, (cell_cols, cell_rows), interpolation=cv2.INTER_NEAREST)
     cell_ids[field.moving == 0] = -1
+    half = (cell + 1) // 2  # how far past its cells a kind's weight reaches (bilinear upsampling)
     jobs = []
     for k, kind in enumerate(kinds):
         level, angle_bin = divmod(kind, params.angle_bins)
         kernels = _line_kernels(level, angle_bin, params.angle_bins, params.length_steps_per_octave)
         reach = _reach(kernels)
         _, _, stats, _ = cv2.connectedComponentsWithStats((ids == k).astype(np.uint8), connectivity=8)
-        # The group's cells plus one cell of context (where its weight fades out), within the grid.
-        groups = [(max(top * per - 1, 0), min((top + span_y) * per + 1, cell_rows),
-                   max(left * per - 1, 0), min((left + span_x) * per + 1, cell_cols))
+        # The group's pixels and the half cell its weight fades over, within the frame.
+        groups = [(max(top * size - half, 0), min((top + span_y) * size + half, height),
+                   max(left * size - half, 0), min((left + span_x) * size + half, width))
                   for left, top, span_x, span_y, _ in stats[1:].tolist()]
-        margin = -(-max(reach) // cell)
-        for _, (r0, r1, c0, c1) in _merge_boxes(groups, margin, -(-BLUR_CALL_PX // cell**2), disjoint=True):
+        for _, (y0, y1, x0, x1) in _merge_boxes(groups, max(reach), BLUR_CALL_PX, disjoint=True):
             # Bilinear upsampling of a cell sub-grid equals cropping the whole-grid upsampling where the
-            # sub-grid has one cell of context around the box (at the frame border both replicate the edge).
-            e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, cell_rows), max(c0 - 1, 0), min(c1 + 1, cell_cols)
-            around = cell_ids[e0:e1, f0:f1]
+            # sub-grid holds every cell the box's pixels interpolate from (at the grid's border both
+            # replicate the edge cell).
+            r0, r1 = max(y0 // cell - 1, 0), min((y1 - 1) // cell + 2, cell_rows)
+            c0, c1 = max(x0 // cell - 1, 0), min((x1 - 1) // cell + 2, cell_cols)
+            around = cell_ids[r0:r1, c0:c1]
             members = (around == k).astype(np.float32)
             if not members.any():
                 continue  # the cleaned motion mask says still: nothing to blur
-            box = (r0 * cell, min(r1 * cell, height), c0 * cell, min(c1 * cell, width))
-            crop = (slice((r0 - e0) * cell, (r0 - e0) * cell + box[1] - box[0]),
-                    slice((c0 - f0) * cell, (c0 - f0) * cell + box[3] - box[2]))
-            size = ((f1 - f0) * cell, (e1 - e0) * cell)
-            weight = cv2.resize(members, size, interpolation=cv2.INTER_LINEAR)[crop]
+            crop = (slice(y0 - r0 * cell, y1 - r0 * cell), slice(x0 - c0 * cell, x1 - c0 * cell))
+            grid_size = ((c1 - c0) * cell, (r1 - r0) * cell)
+            weight = cv2.resize(members, grid_size, interpolation=cv2.INTER_LINEAR)[crop]
             # Kind k is merged after kinds 0..k-1: the weight still on the frame is 1 - Σ_{j>=k} w_j, the
             # upsampling of the cells that are still or of an earlier kind.
-            rest = cv2.resize((around < k).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)[crop]
-            jobs.append((box, _line_blur(frame, box, kernels, reach), weight, rest))
+            rest = cv2.resize((around < k).astype(np.float32), grid_size, interpolation=cv2.INTER_LINEAR)[crop]
+            jobs.append(((y0, y1, x0, x1), _line_blur(frame, (y0, y1, x0, x1), kernels, reach), weight, rest))
     for (y0, y1, x0, x1), blurred, weight, rest in jobs:
         target = frame[y0:y1, x0:x1]
         # (w·blur + S·current) / (w + S) with S the weight merged so far; blendLinear adds 1e-5 to the
