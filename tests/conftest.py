@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from cascadevsr.paths import clips_dir
 from cascadevsr.video import read_frames
+
+# One intra-op thread for torch here and in every subprocess a test starts: on a shared or busy
+# CPU a second OpenMP thread that waits for a core makes small operations many times slower (measured 10-80x
+# for tiny models and Real-ESRGAN on small frames), while the tests' tensors are too small to gain from two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def clip_path(name: str):
@@ -42,15 +50,3 @@ def carphone_frames() -> np.ndarray:
     """8 frames of carphone_pristine (whole 176×144 frame), uint8 (T, H, W, 3)."""
     return real_crop("carphone_pristine.mp4", 0, 8, 0, 0, (144, 176))
 
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Run a module's torch work on one intra-op thread.
-
-    On a shared CPU a second OpenMP thread that waits for a busy core makes small operations many times
-    slower (measured ~10x for Real-ESRGAN on tiny LR frames); one thread does not wait.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

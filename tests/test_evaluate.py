@@ -22,7 +22,6 @@ CLIPS = {"city_a": (40, 150, 300), "city_b": (100, 220, 420)}
 SIZE = (96, 192)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_frames(folder: Path, frames: np.ndarray) -> None:

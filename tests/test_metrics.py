@@ -33,7 +33,6 @@ KNOWN_NIQE_BASICSR = (15.565961375782354, 3.793151184967588, 3.188396874929021, 
                       8.68502023666072)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def agrees(value: float, published: str) -> bool:

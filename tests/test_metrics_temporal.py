@@ -11,8 +11,6 @@ import torch
 from cascadevsr.evaluate import temporal
 from cascadevsr.evaluate.metrics import create_metric
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _t(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
