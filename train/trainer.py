@@ -239,9 +239,10 @@ def make_dataset(urls: list[str], cfg: TrainConfig, *, rank: int, world_size: in
 class BatchStream:
     """Micro-batches of one rank in a fixed order, with a resumable position ``(epoch, index)``."""
 
-    def __init__(self, dataset: Any, micro_batch: int, num_workers: int, epoch: int = 0, index: int = 0) -> None:
+    def __init__(self, dataset: Any, micro_batch: int, num_workers: int, epoch: int = 0, index: int = 0,
+                 pin_memory: bool = False) -> None:
         self.dataset, self.micro_batch, self.num_workers = dataset, micro_batch, num_workers
-        self.epoch, self.index = epoch, index
+        self.epoch, self.index, self.pin_memory = epoch, index, pin_memory
         self._it: Iterator | None = None
 
     def _start(self) -> None:
@@ -249,7 +250,7 @@ class BatchStream:
 
         self.dataset.set_epoch(self.epoch)
         loader = DataLoader(self.dataset, batch_size=self.micro_batch, num_workers=self.num_workers,
-                            drop_last=True, persistent_workers=False)
+                            drop_last=True, persistent_workers=False, pin_memory=self.pin_memory)
         self._it = iter(loader)
         for _ in range(self.index):  # replay the pass up to the saved position
             next(self._it)
@@ -587,7 +588,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: str = "auto",
         del state, init_state
         stream = BatchStream(make_dataset(urls, cfg, rank=dist.rank, world_size=dist.world_size, seed=cfg.seed,
                                           flips=True, per_worker=per_worker, **data_args),
-                             cfg.micro_batch, nw, **position)
+                             cfg.micro_batch, nw, **position, pin_memory=device.type == "cuda")
         val_batches: list[dict[str, Any]] = []
         if dist.main and val_urls and cfg.val.every:
             n_val = max(cfg.val.batches, math.ceil(cfg.val.clips / cfg.micro_batch))
