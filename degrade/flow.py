@@ -8,28 +8,39 @@ single optical-flow computation per frame pair (``blend`` and ``blur`` switch th
    ``(x, y)`` in frame ``t`` to ``(x + dx, y + dy)`` in frame ``t-1``, in pixels per frame. Frame 0 has no
    previous frame: it gets no colour blending, and its blur uses the flow 1 → 0, which describes the same
    motion up to sign (a line kernel is symmetric). Only ``T-1`` flows are computed.
-2. **Motion mask.** On a grid of ``mask_cell_px`` cells (the mean flow of each cell): ``|flow| >
-   motion_threshold``, opened (drops specks of flow noise) and closed (fills holes in moving objects). Its
-   bilinear upsampling is the soft per-pixel mask: 1 inside, fading to 0 over one cell at the edges.
+2. **Motion mask.** On a grid of ``mask_cell_px`` cells (each cell's flow: the mean of its central 2×2
+   pixels; DIS flow is smooth at that scale): ``|flow| > motion_threshold``, opened (drops specks of flow
+   noise) and closed (fills holes in moving objects). Its bilinear upsampling is the soft per-pixel mask:
+   1 inside, fading to 0 over one cell at the edges.
 3. **Colour blending** (``blend``). Per frame, one elliptical region per entry of ``ellipses`` (shapes fixed
    for the clip), centred on a random moving pixel. Inside it the current colour moves toward the previous
    frame's colour at the flow-corresponding position, Gaussian-sampled: the previous frame warped onto the
-   current one by the flow, then averaged with a Gaussian of ``sample_sigma`` px, so colours from around
-   the corresponding point bleed in. Weight: ``blend_strength · (1 - r²)²`` (``r`` the elliptical radius:
-   1 at the centre, smoothly 0 at the boundary) times the soft motion mask; blended in RGB.
+   current one by the flow (to the nearest pixel when ``sample_sigma >= 1.5``), then averaged with a
+   Gaussian of ``sample_sigma`` px, so colours from around the corresponding point bleed in. Weight:
+   ``blend_strength · (1 - r²)²`` (``r`` the elliptical radius: 1 at the centre, smoothly 0 at the
+   boundary) times the soft motion mask; blended in RGB. Overlapping ellipses compound as if blended one
+   after another: the weight is ``1 - Π_i (1 - m·w_i)``.
 4. **Motion blur** (``blur``). Per ``block_size`` block, the mean flow (averaged with its moving
    neighbours, ``block_smoothing``) gives a direction and a length ``clip(length_scale · |v|, 1,
    max_length)``; blocks that do not move stay sharp. Lengths are quantised geometrically, directions into
    ``angle_bins``, at most ``max_kernels`` kinds per frame (isolated blocks join their neighbours). Each
    kind's line kernel blurs only the connected groups of blocks that use it; its per-pixel weight is its
    block indicator times the motion mask on the cell grid, upsampled bilinearly: one kernel fades into the
-   next over one cell (no seams), and still pixels inside a moving block stay sharp. ``length_scale``
-   reads as a camera's shutter fraction: 1 smears over the whole displacement between frames.
+   next over one cell (no seams), and still pixels inside a moving block stay sharp. The result is
+   ``Σ_k w_k·blur_k + (1 - Σ_k w_k)·frame``. ``length_scale`` reads as a camera's shutter fraction: 1
+   smears over the whole displacement between frames.
 
 Colours are taken from the input (undegraded) previous frame, and flows are computed on the input frames.
 The paper gives none of these numbers; every default is ours (see :class:`FlowConfig`). DIS output is
 deterministic for a given OpenCV build: flows were identical with ``cv2.setNumThreads`` 1, 2 and 8 for all
 three presets, so the result does not depend on a worker's thread count.
+
+Cost. The op is meant to cost little next to its own DIS flow (``benchmarks/flow_throughput.py``). Both
+stages therefore work on boxes around what they change, never on whole frames: the blend on clusters of
+nearby ellipse boxes shrunk to where the mask moves, the blur on one box per kernel kind and group of
+blocks. Nearby boxes are merged when that costs fewer pixels than the fixed cost of another round of calls
+(:data:`BLEND_CALL_PX`, :data:`BLUR_CALL_PX`); how boxes are grouped changes no output value by more than
+1e-5 (float rounding, and ``cv2.blendLinear``'s 1e-5 in its denominator where a box's weight is zero).
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ MAX_DIRECT_KERNEL_AREA = 121
 # The fixed cost of the calls that process one box (slicing, weights, sampling or filtering, blending), in
 # pixels of the box's own per-pixel work: nearby boxes are merged when the pixels added cost less. Measured
 # on one core at 320×180 and 640×360: ~25 µs per blend cluster at ~10 ns per pixel, ~20 µs per blur job at
-# ~5 ns per pixel. They only decide how work is grouped, never the result.
+# ~5 ns per pixel. They only decide how work is grouped (see the module docstring).
 BLEND_CALL_PX = 2500
 NEAREST_SAMPLING_SIGMA = 1.5  # px: from this ``sample_sigma`` up, the colour sampling warps to whole pixels
 BLUR_CALL_PX = 4000
@@ -76,7 +87,7 @@ class FlowConfig:
       sub-pixel accurate on textured motion; ``medium`` is ~6× slower.
       ``motion_threshold``: px/frame above which a cell or block counts as moving. 1 px is above DIS's
       noise on still texture (0.1–0.5 px) and below motion a viewer calls movement.
-      ``mask_cell_px``: resolution of the motion mask (cells of mean flow) — 4 px.
+      ``mask_cell_px``: resolution of the motion mask (cells of the flow) — 4 px.
       ``mask_open_cells``, ``mask_close_cells``: diameters (in cells) of the elliptical elements that open
       (remove moving specks under ~12 px) and close (fill holes under ~20 px) the mask — 3 and 5; ≤1 skips.
     Colour blending (centres on moving pixels):
@@ -242,6 +253,7 @@ def apply_flow(frames: np.ndarray, params: FlowParams, ctx: base.Context) -> np.
         if do_blur:
             _motion_blur(out[t], field, params)
     return out
+
 
 def motion_magnitude(frames: np.ndarray, dis_preset: str = "fast") -> np.ndarray:
     """Per-pixel motion in px/frame: ``|flow|`` with the ``flow`` op's DIS settings.

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from conftest import clip_path, real_crop
 
-from cascadevsr.degrade import base
+from cascadevsr.degrade import base, flow
 from cascadevsr.degrade.flow import (
     MAX_DIRECT_KERNEL_AREA,
     FlowConfig,
     FlowParams,
     _line_kernels,
+    _merge_boxes,
     apply_flow,
     motion_magnitude,
     sample_flow,
@@ -283,6 +284,50 @@ def test_output_does_not_depend_on_opencv_thread_count(walk_frames):
     finally:
         cv2.setNumThreads(threads)
     assert np.array_equal(single, several)
+
+
+@pytest.mark.parametrize("blend_px, blur_px", [(0, 0), (10**9, 10**9)])
+def test_how_work_is_grouped_into_boxes_does_not_change_the_result(walk_frames, monkeypatch, blend_px, blur_px):
+    ctx = ctx_for(walk_frames)
+    reference = apply_flow(walk_frames, params(), ctx)
+    # Never merging nearby boxes, or merging all of them: one call per ellipse and group, or one per kind.
+    monkeypatch.setattr(flow, "BLEND_CALL_PX", blend_px)
+    monkeypatch.setattr(flow, "BLUR_CALL_PX", blur_px)
+    regrouped = apply_flow(walk_frames, params(), ctx)
+    # Float rounding, and cv2.blendLinear's 1e-5 in the denominator where a box holds zero weight.
+    assert np.abs(regrouped - reference).max() <= 2e-5
+
+
+def test_merged_boxes_of_one_kind_never_overlap_and_cover_every_input_box():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        boxes = []
+        for _ in range(int(rng.integers(1, 12))):
+            y0, x0 = (int(v) for v in rng.integers(0, 200, 2))
+            h, w = (int(v) for v in rng.integers(1, 60, 2))
+            boxes.append((y0, y0 + h, x0, x0 + w))
+        clusters = _merge_boxes(boxes, margin=4, call_cost=int(rng.integers(0, 3000)), disjoint=True)
+        assert sorted(i for members, _ in clusters for i in members) == list(range(len(boxes)))
+        for members, (y0, y1, x0, x1) in clusters:
+            for i in members:
+                by0, by1, bx0, bx1 = boxes[i]
+                assert y0 <= by0 and by1 <= y1 and x0 <= bx0 and bx1 <= x1
+        for a, (_, (ay0, ay1, ax0, ax1)) in enumerate(clusters):
+            for _, (by0, by1, bx0, bx1) in clusters[a + 1 :]:
+                assert not (ay0 < by1 and by0 < ay1 and ax0 < bx1 and bx0 < ax1)
+
+
+def test_frame_sizes_off_the_cell_and_block_grid_work_and_keep_still_areas(walk_frames):
+    frames = np.ascontiguousarray(walk_frames[:, 1:134, 3:310])  # 133×307: neither a multiple of 4 nor 16
+    out = apply_flow(frames, params(), ctx_for(frames))
+    assert out.shape == frames.shape and out.dtype == np.float32
+    assert not np.array_equal(out, frames)
+    magnitude = motion_magnitude(frames)
+    for t in range(1, len(frames)):
+        calm = ((magnitude[t] < 0.5) & (magnitude[t - 1] < 0.5)).astype(np.uint8)
+        still = cv2.erode(calm, np.ones((41, 41), np.uint8)).astype(bool)
+        assert still.mean() > 0.15
+        assert psnr(out[t][still], frames[t][still]) > 40.0
 
 
 def test_strength_zero_is_the_identity_and_small_strength_is_close(walk_frames):
