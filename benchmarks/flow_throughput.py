@@ -9,6 +9,8 @@ For each size (640×360 and 320×180) and each real clip, times on the same fram
   ``sample_flow`` at strength 1.
 
 and reports ``ratio = total / flow`` (target ≤ 1.5) plus per-frame milliseconds of CPU time (one thread).
+``ratio_range`` is the lowest and highest ``total / flow`` of a single repeat (each repeat times both
+back to back): on a shared machine it shows how far the load moved the numbers.
 Clips: bikes' walking man (frames 196+, a person moving in front of a still street), bikes' board (0+,
 a large moving object), bikes' street traffic (66+, everything moves) and bigbuckbunny (0+, little
 motion); each is resized to the target size with INTER_AREA (bikes is 640×272: its aspect changes).
@@ -87,6 +89,7 @@ def measure_flow(clips: dict[str, np.ndarray] | None = None, sizes=SIZES, num_fr
                 grey = [flow._grey_u8(f) for f in frames]
                 dis = cv2.DISOpticalFlow_create(flow.DIS_PRESETS[params.dis_preset])
                 flow_s, dis_s, total_s, typical_s = [], [], [], []
+                flow.apply_flow(frames, params, ctx)  # warm-up: first-call costs (caches, lazy imports)
                 for _ in range(repeats):  # alternate, so that load on the machine hits all alike
                     flow_s += _seconds(lambda fr=frames: list(flow._flows_to_previous(fr, "fast")), 1)
                     dis_s += _seconds(lambda g=grey, d=dis: [d.calc(g[t], g[t - 1], None)
@@ -99,6 +102,7 @@ def measure_flow(clips: dict[str, np.ndarray] | None = None, sizes=SIZES, num_fr
                 total_med = statistics.median(total_s)
                 typical_med = statistics.median(typical_s) / len(typical)
                 moving = float(np.mean(flow.motion_magnitude(frames) > params.motion_threshold))
+                per_repeat = [total / flow_time for total, flow_time in zip(total_s, flow_s, strict=True)]
                 per_clip[name] = {
                     "moving_fraction": round(moving, 3),
                     "flow_ms_per_frame": round(1000 * flow_med / frames_n, 3),
@@ -106,6 +110,7 @@ def measure_flow(clips: dict[str, np.ndarray] | None = None, sizes=SIZES, num_fr
                     "total_ms_per_frame": round(1000 * total_med / frames_n, 3),
                     "typical_ms_per_frame": round(1000 * typical_med / frames_n, 3),
                     "ratio": round(total_med / flow_med, 3),
+                    "ratio_range": [round(min(per_repeat), 3), round(max(per_repeat), 3)],
                     "ratio_typical": round(typical_med / flow_med, 3),
                 }
             ratios = [c["ratio"] for c in per_clip.values()]
