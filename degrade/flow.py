@@ -235,11 +235,11 @@ def apply_flow(frames: np.ndarray, params: FlowParams, ctx: base.Context) -> np.
     """
     del ctx
     frames = _check_frames(frames)
-    out = frames.copy()
     do_blend = params.blend and params.blend_strength > 0 and len(params.ellipses) > 0
     do_blur = params.blur and params.length_scale > 0
     if len(frames) < 2 or not (do_blend or do_blur):
-        return out
+        return frames.copy()
+    out = np.empty_like(frames)
     height, width = frames.shape[1:3]
     templates = _ellipse_templates(params, min(height, width)) if do_blend else []
     # Every frame's centre draws at once (row t for frame t): they depend on the seed and t only, and one
@@ -247,6 +247,7 @@ def apply_flow(frames: np.ndarray, params: FlowParams, ctx: base.Context) -> np.
     draws = np.random.default_rng(params.seed).random((len(frames), len(templates), 3), dtype=np.float64)
     grid = np.dstack(np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)))
     for t, flow in _flows_to_previous(frames, params.dis_preset):
+        out[t] = frames[t]  # copied just before it is worked on, while it is still in cache
         field = _MotionField.measure(flow, params)
         if do_blend and t > 0:
             _blend_previous_colours(out[t], frames[t - 1], field, templates, params, draws[t], grid)
