@@ -69,8 +69,8 @@ MAX_DIRECT_KERNEL_AREA = 121
 # on one core at 320×180 and 640×360: ~25 µs per blend cluster at ~10 ns per pixel, ~20 µs per blur job at
 # ~5 ns per pixel. They only decide how work is grouped (see the module docstring).
 BLEND_CALL_PX = 2500
-NEAREST_SAMPLING_SIGMA = 1.5  # px: from this ``sample_sigma`` up, the colour sampling warps to whole pixels
 BLUR_CALL_PX = 4000
+NEAREST_SAMPLING_SIGMA = 1.5  # px: from this ``sample_sigma`` up, the colour sampling warps to whole pixels
 
 
 @dataclass(frozen=True)
@@ -526,9 +526,9 @@ def _motion_blur(frame: np.ndarray, field: _MotionField, params: FlowParams) -> 
     upsampled bilinearly: it fades over one cell where the kind changes or the motion stops. One job per
     kind and box: the connected groups of the kind's blocks plus the half cell their weight reaches past
     them, nearby boxes merged (:func:`_merge_boxes`; boxes of one kind never overlap, so each pixel takes
-    a kind's weight once). All
-    blurs are computed from the unchanged frame first, then merged kind by kind with ``cv2.blendLinear``
-    under a running normalisation: the result is ``Σ_k w_k·blur_k + (1 - Σ_k w_k)·frame``.
+    a kind's weight once). All blurs are computed from the unchanged frame first, then merged kind by kind
+    with ``cv2.blendLinear`` under a running normalisation: the result is ``Σ_k w_k·blur_k + (1 - Σ_k
+    w_k)·frame``.
     """
     height, width = frame.shape[:2]
     ids, kinds = _block_kernel_ids(field, params)
