@@ -148,16 +148,28 @@ class RayRunner:
             self.ray.shutdown()
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes)."""
+def check_reachable(address: str, wait: float = 15.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes).
+
+    Waits up to ``wait`` seconds for the port to open: a head node started a moment ago (``ray start
+    --head`` in a script, just before the build) takes a few seconds to listen.
+    """
     if address == "auto" or "://" in address:
         return
     host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
-    except (OSError, ValueError):
-        raise UserError(f"nothing answers at --address {address}; start the head node with "
-                        f"`ray start --head --port=PORT` and pass HOST:PORT.") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5.0).close()
+            return
+        except ValueError:
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    raise UserError(f"nothing answers at --address {address}; start the head node with "
+                    f"`ray start --head --port=PORT` and pass HOST:PORT.")
 
 
 def _progress_actor(ray: Any) -> Any:

@@ -236,6 +236,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray head node did not listen on port {port} within {timeout} s")
+
+
 def test_a_build_joins_a_real_ray_cluster_through_address(reference, tmp_path, ray_env):
     port = free_port()
     ray_bin = Path(sys.executable).parent / "ray"
@@ -245,6 +254,7 @@ def test_a_build_joins_a_real_ray_cluster_through_address(reference, tmp_path, r
                             env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
+        wait_for_port(port, timeout=90)  # a loaded machine takes a while to bring a head node up
         out = tmp_path / "cluster"
         res = build("--input", *sources(), "--out", str(out), "--address", f"127.0.0.1:{port}", *SETTINGS,
                     env=ray_env)
