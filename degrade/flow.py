@@ -61,6 +61,7 @@ DIS_PRESETS = {
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
 MIN_SIDE = 16  # DIS rejects frames much smaller than its patches and pyramid
+DIS_MIN_ROWS = 32  # shorter frames are padded for DIS (see ``_flows_to_previous``)
 # cv2.filter2D switches to a whole-image DFT once kernel rows·cols reaches 130 (50 without SSE3) and then
 # costs ~20× more; longer line kernels are split into short factors that stay on the direct, sparse path.
 MAX_DIRECT_KERNEL_AREA = 121
@@ -299,10 +300,21 @@ def _flows_to_previous(frames: np.ndarray, preset: str) -> Iterator[tuple[int, n
     if len(frames) < 2:
         return
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])  # one per call: nothing shared across threads
-    previous = _grey_u8(frames[0])
+    height = frames.shape[1]
+    # DIS (OpenCV 5.0, presets ultrafast and fast) crashes the process on frames under 32 rows that are 80 px
+    # or wider: such frames get their last row repeated up to 32 rows, and the flow is cropped back.
+    pad = DIS_MIN_ROWS - height if height < DIS_MIN_ROWS else 0
+
+    def grey(frame: np.ndarray) -> np.ndarray:
+        luma = _grey_u8(frame)
+        return cv2.copyMakeBorder(luma, 0, pad, 0, 0, cv2.BORDER_REPLICATE) if pad else luma
+
+    previous = grey(frames[0])
     for t in range(1, len(frames)):
-        current = _grey_u8(frames[t])
+        current = grey(frames[t])
         flow = dis.calc(current, previous, None)
+        if pad:
+            flow = np.ascontiguousarray(flow[:height])
         if t == 1:
             yield 0, flow
         yield t, flow

@@ -377,6 +377,17 @@ def test_one_frame_is_returned_unchanged_and_tiny_frames_are_refused(walk_frames
         apply_flow(tiny, params(), ctx_for(tiny))
 
 
+def test_short_wide_frames_get_a_flow_without_crashing_dis(walk_frames):
+    # OpenCV 5.0's DIS (presets ultrafast and fast) kills the process on frames under 32 rows and 80 px or
+    # more wide; the op pads such frames for DIS. The pipeline accepts LR sides down to 16 px.
+    frames = np.stack([cv2.resize(f, (120, 24), interpolation=cv2.INTER_AREA) for f in walk_frames])
+    for preset in ("ultrafast", "fast"):
+        magnitude = motion_magnitude(frames, dis_preset=preset)
+        assert magnitude.shape == frames.shape[:3] and np.isfinite(magnitude).all()
+    out = apply_flow(frames, params(), ctx_for(frames))
+    assert out.shape == frames.shape and np.isfinite(out).all()
+
+
 def test_bad_config_names_every_wrong_field():
     with pytest.raises(ValueError) as err:
         FlowConfig(dis_preset="slow", blend_strength=[0.0, 1.5], block_size=10, max_kernels=0)
