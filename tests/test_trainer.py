@@ -269,3 +269,14 @@ def test_cached_latents_are_written_beside_the_shards_and_spare_the_video_decode
         garbled.append(str(out))
     summary = train(config(",".join(garbled), "steps=4", *overrides), tmp_path / "warm", show_progress=False)
     assert summary["skipped"] == 0 and summary["step"] == 4
+
+
+def test_gradient_checkpointing_keeps_the_losses_and_bf16_autocast_trains(corpus, tmp_path):
+    base = ("steps=3", "val.every=0", "global_batch=2", "micro_batch=2")
+    train(config(corpus, *base), tmp_path / "plain", show_progress=False)
+    train(config(corpus, *base, "grad_checkpointing=true"), tmp_path / "recompute", show_progress=False)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "recompute").values),
+                               torch.tensor(losses(tmp_path / "plain").values), rtol=1e-5, atol=1e-6)
+    train(config(corpus, *base, "precision=bf16"), tmp_path / "bf16", show_progress=False)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "bf16").values),
+                               torch.tensor(losses(tmp_path / "plain").values), rtol=0.05, atol=0.02)
