@@ -280,3 +280,16 @@ def test_gradient_checkpointing_keeps_the_losses_and_bf16_autocast_trains(corpus
     train(config(corpus, *base, "precision=bf16"), tmp_path / "bf16", show_progress=False)
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "bf16").values),
                                torch.tensor(losses(tmp_path / "plain").values), rtol=0.05, atol=0.02)
+
+
+def test_latents_stored_by_build_corpus_with_the_same_codec_are_used_as_they_are(tmp_path):
+    cfg = CorpusConfig(inputs=(str(clip_path("carphone_pristine.mp4")),), out=str(tmp_path / "corpus"),
+                       preset="one_order", clip_frames=9, max_clips_per_video=2, hr_size=(64, 64), scale=4.0,
+                       samples_per_shard=1, workers=0,
+                       latent_codec='{"name": "pixel", "space_factor": 2, "time_factor": 4}')
+    assert build_corpus(cfg, show_progress=False, announce=None).complete
+    cache = tmp_path / "cache"
+    summary = train(config(tmp_path / "corpus", "steps=2", "val.every=0", "global_batch=2", "micro_batch=2",
+                           "data.latents=cache", f"data.cache_dir={cache}"), tmp_path / "run", show_progress=False)
+    assert summary["step"] == 2 and summary["skipped"] == 0
+    assert not cache.exists()  # nothing had to be encoded
