@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 from importlib import import_module
+from typing import Any
 
 from cascadevsr import __version__
 from cascadevsr.errors import UserError
@@ -25,6 +26,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("cascadevsr.train.upscale", "upscale a video or an LR latent with a trained VSR checkpoint"),
     "evaluate": ("cascadevsr.evaluate.command", "score methods' outputs against ground truth into parquet"),
     "demo": ("cascadevsr.reports.demo", "run the end-to-end demo on real clips"),
+}
+
+
+def validation_metrics() -> dict[str, Any]:
+    """LPIPS for ``cascadevsr train``'s validation clips when its offline weights are cached, else nothing.
+
+    The metric lives in the evaluation stage, which the training stage may not import; this module is where
+    stages are wired, so it builds the metric and hands it to the trainer as a plain function.
+    """
+    try:
+        from cascadevsr.evaluate.metrics import create_metric
+
+        return {"lpips": create_metric("lpips", device="cpu")}
+    except Exception as err:  # missing weights or package: validation reports PSNR only
+        logging.getLogger(__name__).info("validation without LPIPS: %s", err)
+        return {}
+
+
+# command -> attributes set on its parsed arguments: objects one stage gets from a later one.
+WIRING: dict[str, dict[str, Any]] = {
+    "train": {"validation_metrics": validation_metrics},
 }
 
 
@@ -48,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    for name, value in WIRING.get(args.command, {}).items():
+        setattr(args, name, value)
     run: Callable[[argparse.Namespace], int] = import_module(args._module).run
     try:
         return int(run(args) or 0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 from cascadevsr.errors import UserError
 
@@ -39,21 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: a local Ray")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-
-
-def validation_metrics() -> dict[str, Any]:
-    """LPIPS for the validation clips when its offline weights are in the cache, else nothing.
-
-    The metric lives in the evaluation stage; the command line is where stages are wired, so it is looked up
-    here and handed to the trainer as a plain function.
-    """
-    try:
-        from cascadevsr.evaluate.metrics import create_metric
-
-        return {"lpips": create_metric("lpips", device="cpu")}
-    except Exception as err:  # missing weights or package: validation reports PSNR only
-        log.info("validation without LPIPS: %s", err)
-        return {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from cascadevsr.train.trainer import train
 
-    summary = train(cfg, args.out, resume=args.resume, metrics=validation_metrics(),
+    summary = train(cfg, args.out, resume=args.resume, metrics=getattr(args, "validation_metrics", dict)(),
                     show_progress=not args.no_progress)
     import os
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -279,3 +281,52 @@ def upscale_stream(model: VSRModel, codec: LatentCodec, read: Callable[[int, int
         next_start = spans[i + 1][0] if i + 1 < len(spans) else end
         yield to_uint8_frames(hr[: next_start - start])
         tail = hr[next_start - start:]
+
+
+# ------------------------------------------------------------------------------------- as a method
+
+
+class CheckpointUpscaler:
+    """A trained checkpoint as a callable method: ``upscaler(lr_uint8 (T, H, W, 3), (h, w)) -> (T, h, w, 3)``.
+
+    This is the interface the evaluation harness scores (name, ``__call__``, ``describe``). The model runs
+    over the clip in streamed segments, temporal windows and tiles like ``cascadevsr upscale``; its output is
+    resized to the requested size when that differs from ``scale ×`` the input (a rounding difference).
+    """
+
+    def __init__(self, path: str | Path, steps: int = 50, noise_level: float | None = None,
+                 device: str = "cpu", seed: int = 0) -> None:
+        from cascadevsr.latent import make_codec
+        from cascadevsr.train.model import load_checkpoint
+
+        self.name = Path(path).stem
+        self.path = str(path)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if device == "auto" else device)
+        self.model, state = load_checkpoint(path, device=self.device)
+        self.step = state.get("step")
+        self.codec = make_codec(self.model.cfg.codec, device=self.device)
+        self.icfg = InferenceConfig(steps=steps, noise_level=noise_level, seed=seed)
+
+    def __call__(self, lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        import cv2
+
+        with torch.no_grad():
+            chunks = upscale_stream(self.model, self.codec, lambda a, b: lr[a:b], len(lr), self.icfg,
+                                    device=self.device)
+            hr = np.concatenate(list(chunks))
+        h, w = size
+        if hr.shape[1:3] != (h, w):
+            hr = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in hr])
+        return hr
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "cascadevsr checkpoint", "checkpoint": self.path, "step": self.step,
+                "steps": self.icfg.steps, "noise_level": self.icfg.noise_level, "seed": self.icfg.seed,
+                "scale": self.model.cfg.scale, "codec": self.model.cfg.codec}
+
+
+def load_upscaler(path: str | Path, steps: int = 50, noise_level: float | None = None,
+                  device: str = "cpu") -> CheckpointUpscaler:
+    """Load a checkpoint (file or run folder) as a method the evaluation harness can score."""
+    return CheckpointUpscaler(path, steps=steps, noise_level=noise_level, device=device)
