@@ -306,7 +306,9 @@ class CheckpointUpscaler:
         self.model, state = load_checkpoint(path, device=self.device)
         self.step = state.get("step")
         self.codec = make_codec(self.model.cfg.codec, device=self.device)
-        self.icfg = InferenceConfig(steps=steps, noise_level=noise_level, seed=seed)
+        tile = training_tile(state, self.codec.space_factor)
+        overlap = {"tile": tile, "tile_overlap": max(1, tile // 4)} if tile else {}
+        self.icfg = InferenceConfig(steps=steps, noise_level=noise_level, seed=seed, **overlap)
 
     def __call__(self, lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         import cv2
@@ -324,6 +326,20 @@ class CheckpointUpscaler:
         return {"kind": "cascadevsr checkpoint", "checkpoint": self.path, "step": self.step,
                 "steps": self.icfg.steps, "noise_level": self.icfg.noise_level, "seed": self.icfg.seed,
                 "scale": self.model.cfg.scale, "codec": self.model.cfg.codec}
+
+
+def training_tile(state: dict[str, Any], space_factor: int) -> int | None:
+    """HR-latent tile side matching the crops a checkpoint was trained on, or None when it does not say.
+
+    Ours: a model trained only on small crops has never attended over a larger field, and on whole frames
+    it degrades (and full attention there costs quadratically more), so as a method it runs in tiles of its
+    training crop size, blended as usual.
+    """
+    data = (state.get("config") or {}).get("data") or {}
+    crop, scale = data.get("crop_size"), (state.get("model_config") or {}).get("scale")
+    if not crop or not scale:
+        return None
+    return max(2, round(crop * scale / space_factor))
 
 
 def load_upscaler(path: str | Path, steps: int = 50, noise_level: float | None = None,
