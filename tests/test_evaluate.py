@@ -228,13 +228,31 @@ def test_a_submission_is_validated_and_appended_without_recomputing_others(data,
     assert "'extra', which is not in the ground truth" in capsys.readouterr().err
 
 
-def test_checkpoint_without_a_loader_is_a_clear_error(data, tmp_path, capsys):
+def test_an_unreadable_checkpoint_is_a_clear_error(data, tmp_path, capsys):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"")
     rc = main(["evaluate", "--gt", str(data / "gt"), "--lr", str(data / "lr"), "--checkpoint", f"ours={ckpt}",
                "--out", str(tmp_path / "r.parquet")])
     err = capsys.readouterr().err
-    assert rc == 2 and "load_upscaler" in err and "--pred" in err
+    assert rc == 2 and "cannot read checkpoint" in err and "model.pt" in err
+
+
+def test_a_checkpoint_is_scored_like_any_method(data, tmp_path):
+    import pandas as pd
+
+    from cascadevsr.train.model import build_model, model_config, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, build_model(model_config("tiny")))
+    out = tmp_path / "r.parquet"
+    rc = main(["evaluate", "--gt", str(data / "gt"), "--lr", str(data / "lr"), "--checkpoint", f"ours={ckpt}",
+               "--steps", "2", "--metrics", "psnr", "--no-align-check", "--out", str(out)])
+    assert rc == 0
+    rows = pd.read_parquet(out)
+    ours = rows[(rows["method"] == "ours") & (rows["metric"] == "psnr")]
+    assert set(ours["clip"]) == set(CLIPS) and ours["value"].notna().all()
+    assert (rows[rows["method"] == "ours"]["metric"] == "runtime_s_per_frame").any()
 
 
 def test_realesrgan_ncnn_files_are_read_to_the_last_byte():
