@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadevsr.errors import UserError
+from cascadevsr.hints import value_matches_hint
 
 if typing.TYPE_CHECKING:
     from cascadevsr.train.model import ModelConfig
@@ -274,23 +274,6 @@ def format_problems(problems: list[str]) -> str:
     return "invalid training config: " + "; ".join(problems) + "."
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (tuple, list):
-        return isinstance(value, list | tuple)
-    if origin is dict:
-        return isinstance(value, dict)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is Any:
-        return True
-    return isinstance(value, hint)
-
-
 def _suggest(key: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(key, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -316,7 +299,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
                 kwargs[key] = _build_model(value, f"{prefix}{key}.", problems)
             else:
                 kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
-        elif not _type_ok(value, hint):
+        elif not value_matches_hint(value, hint):
             problems.append(f"{prefix}{key}: expected {_hint_name(hint)}, got {type(value).__name__} {value!r}")
         else:
             kwargs[key] = tuple(value) if typing.get_origin(hint) is tuple else value

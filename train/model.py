@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from einops import rearrange
 from torch import nn
 
 from cascadevsr.errors import UserError
+from cascadevsr.hints import value_matches_hint
 from cascadevsr.train.attention import (
     ATTENTION_KINDS,
     ATTENTION_PATHS,
@@ -169,26 +169,11 @@ class ModelConfig:
         hints = typing.get_type_hints(cls)
         problems = [f"unknown key '{k}'" for k in data if k not in known]
         for key, value in data.items():
-            if key in known and not _type_ok(value, hints[key]):
+            if key in known and not value_matches_hint(value, hints[key]):
                 problems.append(f"{key}: expected {hints[key]}, got {type(value).__name__} {value!r}")
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems))
         return cls(**data)
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (tuple, list):
-        return isinstance(value, list | tuple)
-    if origin is dict:
-        return isinstance(value, dict)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
 
 
 MODEL_SIZES: dict[str, dict[str, Any]] = {
