@@ -12,7 +12,8 @@ Conventions (basicsr 1.4.2, ``basicsr/metrics/psnr_ssim.py``), which are the def
 
 pyiqa's ``ssim``/``psnry`` instead use the *full-range* luma ``0.299 R + 0.587 G + 0.114 B`` (the Y of YIQ)
 rounded to integers; ``y_matrix='bt601_full', round_y=True`` selects that, which is how pyiqa's published
-calibration values for SSIM are reproduced.
+calibration values for SSIM are reproduced. ``matlab_gray`` is MATLAB's ``rgb2gray`` (the grey conversion of
+the official NIQE release), whose coefficients differ from 0.299/0.587/0.114 in the fourth decimal.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 Y_MATRICES: dict[str, tuple[tuple[float, float, float], float]] = {
     "bt601_studio": ((65.481, 128.553, 24.966), 16.0),  # basicsr / MATLAB rgb2ycbcr, Y in [16, 235]
     "bt601_full": ((0.299 * 255, 0.587 * 255, 0.114 * 255), 0.0),  # YIQ / grey luma, Y in [0, 255]
+    # MATLAB rgb2gray: the first row of inv([1 .956 .621; 1 -.272 -.647; 1 -1.106 1.703]), not 0.299/0.587/0.114.
+    "matlab_gray": ((0.298936021293775 * 255, 0.587043074451121 * 255, 0.114020904255103 * 255), 0.0),
 }
 
 
