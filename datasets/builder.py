@@ -353,11 +353,14 @@ def _write_parquet(df: Any, path: Path) -> None:
 
 
 def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
-                 announce: Callable[[str], None] | None = print) -> BuildReport:
+                 announce: Callable[[str], None] | None = print,
+                 runner_factory: Callable[[CorpusConfig], Any] | None = None) -> BuildReport:
     """Build (or resume) the corpus described by ``cfg``; returns the final stats.
 
     Bad inputs never stop the build: they end up in the manifest's failures. Shards whose task fails
     even after ``shard_retries`` are listed in ``BuildReport.failed_shards``; rerunning finishes them.
+    ``runner_factory`` swaps the task runner (anything with ``map``/``close`` like :class:`LocalRunner`);
+    by default a plain loop for ``workers == 0`` and Ray otherwise.
     """
     from cascadevsr.datasets.sources import plan_clips
     from cascadevsr.degrade.pipeline import load_preset, lr_size_for
@@ -395,7 +398,7 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
                 scan_seconds = 0.0
             else:
                 say(f"scanning {len(sources)} video(s) for frame counts and scene cuts")
-                runner = make_runner(cfg)
+                runner = (runner_factory or make_runner)(cfg)
                 ts = time.perf_counter()
                 scans = scan_sources(sources, cfg, runner, show_progress)
                 scan_seconds = time.perf_counter() - ts
@@ -409,7 +412,7 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
             ts = time.perf_counter()
             failed: list[str] = []
             if todo:
-                runner = runner or make_runner(cfg)
+                runner = runner or (runner_factory or make_runner)(cfg)
                 failed = _run_shards(todo, cfg, runner, show_progress)
             shard_seconds = time.perf_counter() - ts
         finally:
