@@ -13,6 +13,11 @@ Three nested levels, all with blended overlaps, never hard cuts:
 * **spatial tiles** -- each window is run in tiles of ``tile`` latent pixels overlapping by
   ``tile_overlap``, stitched the same way.
 
+All windows of a segment have one length and all tiles one size (the merged tail keeps the size), so the
+(window, tile) chunks of one Euler step are run ``tile_batch`` at a time, stacked along the batch axis of
+one model call. Chunks never interact inside the model, so batching changes only float32 summation order,
+not the result beyond rounding; the noise is drawn for the whole segment before any chunk is cut from it.
+
 :func:`windows` and :func:`stitch` are the pure building blocks: the last window is moved back to end at
 the clip's end (a "merged tail"), and stitching blends overlaps with a linear ramp as
 ``old + w·(new - old)``, so chunks that agree are reproduced exactly.
@@ -117,6 +122,9 @@ class InferenceConfig:
     """Tile side in HR latent pixels."""
     tile_overlap: int = 16
     """HR latent pixels shared by neighbouring tiles."""
+    tile_batch: int = 8
+    """(window, tile) chunks stacked into one model call; peak activation memory grows with it, so it is
+    a cap rather than "all chunks" (see benchmarks/RESULTS.md for the measurement behind the default)."""
     segment: int = 60
     """Latent frames per streamed segment (memory bound for long videos)."""
     segment_overlap: int = 5
@@ -126,6 +134,8 @@ class InferenceConfig:
         problems = []
         if self.steps < 1:
             problems.append("steps: must be >= 1")
+        if self.tile_batch < 1:
+            problems.append("tile_batch: must be >= 1")
         if self.noise_level is not None and not 0 <= self.noise_level <= 1:
             problems.append("noise_level: must be in [0, 1]")
         for size, overlap in (("window", "window_overlap"), ("tile", "tile_overlap"),
@@ -180,26 +190,48 @@ def upscale_latent(model: VSRModel, lr_latent: torch.Tensor, size: tuple[int, in
     conds = [model.condition(lr_latent[:, :, a:b], size, s, aug[:, :, a:b]) for a, b in spans_t]
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        tt = torch.full((B,), t, device=device)
+        chunks = chunk_velocities(model, x, t, conds, s, text, spans_t, spans_h, spans_w, icfg.tile_batch,
+                                  progress)
+        # Consumed in the order they are produced, so only one batch of tile velocities waits at a time.
         per_window = []
-        for (a, b), cond in zip(spans_t, conds, strict=True):
-            rows = []
-            for y0, y1 in spans_h:
-                tiles = []
-                for x0, x1 in spans_w:
-                    c = cond if model.token_concat else cond[..., y0:y1, x0:x1]
-                    tiles.append(model.velocity(x[:, :, a:b, y0:y1, x0:x1], tt, c, s, text))
-                    if progress is not None:
-                        progress(1)
-                rows.append(stitch(tiles, spans_w, W, dim=-1))
+        for _ in spans_t:
+            rows = [stitch([next(chunks) for _ in spans_w], spans_w, W, dim=-1) for _ in spans_h]
             per_window.append(stitch(rows, spans_h, H, dim=-2))
         return stitch(per_window, spans_t, T, dim=2)
 
     return flow.euler_sample(velocity, noise, icfg.steps, icfg.shift, callback)
 
 
+def chunk_velocities(model: VSRModel, x: torch.Tensor, t: float, conds: Sequence[torch.Tensor],
+                     s: float, text: torch.Tensor | None, spans_t: Sequence[tuple[int, int]],
+                     spans_h: Sequence[tuple[int, int]], spans_w: Sequence[tuple[int, int]], batch: int,
+                     progress: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
+    """Velocity of every (window, row, column) chunk of ``x`` at time ``t``, in that order, ``batch`` per call.
+
+    ``conds[i]`` is window ``i``'s conditioning. Each yielded tensor is one chunk ``(B, C, t, h, w)``; the
+    generator runs the model only when the previous batch is used up. ``progress(n)`` gets the number of
+    chunks each call evaluated.
+    """
+    B = x.shape[0]
+    cuts = [(cond, a, b, ys, xs) for (a, b), cond in zip(spans_t, conds, strict=True)
+            for ys in spans_h for xs in spans_w]
+    for i in range(0, len(cuts), batch):
+        group = cuts[i:i + batch]
+        z = torch.cat([x[:, :, a:b, y0:y1, x0:x1] for _, a, b, (y0, y1), (x0, x1) in group])
+        # token_concat models see the window's whole LR-size conditioning (they run on one tile).
+        c = torch.cat([cond if model.token_concat else cond[..., y0:y1, x0:x1]
+                       for cond, _, _, (y0, y1), (x0, x1) in group])
+        tt = torch.full((len(group) * B,), t, device=x.device)
+        txt = None if text is None else text.repeat(len(group), *[1] * (text.dim() - 1))
+        v = model.velocity(z, tt, c, s, txt)
+        if progress is not None:  # before yielding: the consumer stops pulling after the last chunk
+            progress(len(group))
+        yield from v.split(B)
+
+
 def model_evaluations(num_latent: int, size: tuple[int, int], icfg: InferenceConfig) -> int:
-    """How many model calls :func:`upscale_latent` makes (for progress bars)."""
+    """How many chunk evaluations :func:`upscale_latent` makes (for progress bars; one model call runs up
+    to ``icfg.tile_batch`` of them)."""
     n = len(windows(num_latent, icfg.window, icfg.window_overlap))
     n *= len(windows(size[0], icfg.tile, icfg.tile_overlap))
     n *= len(windows(size[1], icfg.tile, icfg.tile_overlap))
@@ -295,7 +327,7 @@ class CheckpointUpscaler:
     """
 
     def __init__(self, path: str | Path, steps: int = 50, noise_level: float | None = None,
-                 device: str = "cpu", seed: int = 0) -> None:
+                 device: str = "cpu", seed: int = 0, tile_batch: int | None = None) -> None:
         from cascadevsr.latent import make_codec
         from cascadevsr.train.model import load_checkpoint
 
@@ -307,8 +339,10 @@ class CheckpointUpscaler:
         self.step = state.get("step")
         self.codec = make_codec(self.model.cfg.codec, device=self.device)
         tile = training_tile(state, self.codec.space_factor)
-        overlap = {"tile": tile, "tile_overlap": max(1, tile // 4)} if tile else {}
-        self.icfg = InferenceConfig(steps=steps, noise_level=noise_level, seed=seed, **overlap)
+        settings: dict[str, Any] = {"tile": tile, "tile_overlap": max(1, tile // 4)} if tile else {}
+        if tile_batch is not None:
+            settings["tile_batch"] = tile_batch
+        self.icfg = InferenceConfig(steps=steps, noise_level=noise_level, seed=seed, **settings)
 
     def __call__(self, lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         import cv2
@@ -343,6 +377,10 @@ def training_tile(state: dict[str, Any], space_factor: int) -> int | None:
 
 
 def load_upscaler(path: str | Path, steps: int = 50, noise_level: float | None = None,
-                  device: str = "cpu") -> CheckpointUpscaler:
-    """Load a checkpoint (file or run folder) as a method the evaluation harness can score."""
-    return CheckpointUpscaler(path, steps=steps, noise_level=noise_level, device=device)
+                  device: str = "cpu", tile_batch: int | None = None) -> CheckpointUpscaler:
+    """Load a checkpoint (file or run folder) as a method the evaluation harness can score.
+
+    ``tile_batch`` (default: :class:`InferenceConfig`'s) only trades memory for speed; results do not
+    depend on it beyond float32 rounding.
+    """
+    return CheckpointUpscaler(path, steps=steps, noise_level=noise_level, device=device, tile_batch=tile_batch)
