@@ -3,17 +3,27 @@
 Fields split in two groups. *Content* fields decide which samples exist and what they contain; a rerun
 into the same folder must use the same content fields, or resuming would mix two corpora. *Run* fields
 (workers, cluster address, retries) only decide how the work is executed and may change between runs.
+
+A config comes from up to three layers over the defaults (:func:`load_corpus_config`): a YAML file of the
+same keys (``--config``; a saved ``config.json`` is one, JSON being YAML), the command-line flags given
+explicitly, then ``--set key=value`` overrides. Each problem is reported under the key and layer it came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import json
+import re
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cascadevsr.errors import UserError
+from cascadevsr.hints import value_matches_hint
 
 HR_MODES = ("resize", "crop")
 
@@ -84,54 +94,9 @@ class CorpusConfig:
     """OpenCV threads inside one task; 1 keeps a task on one core so tasks scale with cores."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.inputs:
-            problems.append("--input: give at least one folder, file, glob or list")
-        if not str(self.out):
-            problems.append("--out: give an output folder")
-        if self.clip_frames < 1:
-            problems.append(f"--clip-frames must be >= 1, got {self.clip_frames}")
-        if self.stride is not None and self.stride < 1:
-            problems.append(f"--stride must be >= 1, got {self.stride}")
-        if self.max_clips_per_video is not None and self.max_clips_per_video < 1:
-            problems.append(f"--max-clips-per-video must be >= 1, got {self.max_clips_per_video}")
-        if len(self.hr_size) != 2 or min(self.hr_size) < 1:
-            problems.append(f"--hr-size must be two positive numbers, got {self.hr_size}")
-        if self.hr_mode not in HR_MODES:
-            problems.append(f"--hr-mode must be one of {list(HR_MODES)}, got '{self.hr_mode}'")
-        if (self.scale is None) == (self.lr_size is None):
-            problems.append("give exactly one of --scale and --lr-size")
-        elif self.scale is not None:
-            if self.scale <= 0:
-                problems.append(f"--scale must be positive, got {self.scale}")
-            elif float(self.scale).is_integer() and any(s % int(self.scale) for s in self.hr_size):
-                h, w = self.hr_size
-                problems.append(f"--hr-size {w}x{h} must be divisible by --scale {self.scale:g} so that "
-                                f"HR = scale x LR exactly")
-        elif self.lr_size[0] > self.hr_size[0] or self.lr_size[1] > self.hr_size[1]:
-            problems.append(f"--lr-size {self.lr_size[1]}x{self.lr_size[0]} is larger than --hr-size "
-                            f"{self.hr_size[1]}x{self.hr_size[0]}")
-        if not 0.0 <= self.strength <= 1.0:
-            problems.append(f"--strength must be in [0, 1], got {self.strength}")
-        if self.samples_per_shard < 1:
-            problems.append(f"--samples-per-shard must be >= 1, got {self.samples_per_shard}")
-        if not 0.0 < self.scene_cut_threshold <= 1.0:
-            problems.append(f"--scene-cut-threshold must be in (0, 1], got {self.scene_cut_threshold}")
-        if not 0.0 <= self.min_brightness < self.max_brightness <= 255.0:
-            problems.append(f"--min-brightness/--max-brightness must satisfy 0 <= min < max <= 255, got "
-                            f"{self.min_brightness}/{self.max_brightness}")
-        if self.filter_frames < 1:
-            problems.append(f"--filter-frames must be >= 1, got {self.filter_frames}")
-        if self.workers is not None and self.workers < 0:
-            problems.append(f"--workers must be >= 0, got {self.workers}")
-        if self.workers == 0 and self.address:
-            problems.append("--workers 0 runs without Ray, so it cannot be combined with --address")
-        if self.shard_retries < 0:
-            problems.append(f"--shard-retries must be >= 0, got {self.shard_retries}")
-        if self.threads_per_task < 1:
-            problems.append(f"--threads-per-task must be >= 1, got {self.threads_per_task}")
+        problems = settings_problems(self)
         if problems:
-            raise UserError("invalid corpus settings: " + "; ".join(problems) + ".")
+            raise SettingsError(problems)
 
     @property
     def clip_stride(self) -> int:
@@ -155,17 +120,10 @@ class CorpusConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CorpusConfig:
-        """Rebuild a config from ``to_dict`` output; an unknown key is an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"unknown corpus setting(s) {unknown}; known: {sorted(names)}.")
-        data = dict(data)
-        for name in ("inputs", "hr_size", "lr_size"):
-            if data.get(name) is not None:
-                data[name] = tuple(data[name])
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], origin: str = "") -> CorpusConfig:
+        """Rebuild a config from ``to_dict`` output; unknown keys and bad values are errors naming the key
+        (``origin``, e.g. ``in corpus.yaml``, says where the dict came from)."""
+        return _build(_merge([_layer(data, origin)]), file_given=True)
 
     def summary(self) -> str:
         """A few lines for the start of a run."""
@@ -179,6 +137,72 @@ class CorpusConfig:
                 f"{self.clip_frames} frames per clip (stride {self.clip_stride}), "
                 f"HR {w}x{h} ({self.hr_mode}), {size}\n"
                 f"  {self.samples_per_shard} samples per shard, {runner}")
+
+
+class SettingsError(UserError):
+    """Invalid field values; ``problems`` holds one phrase per problem (flags named as on the command line)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problem_sentence(problems))
+        self.problems = problems
+
+
+def problem_sentence(problems: list[str]) -> str:
+    """One sentence listing every problem."""
+    return "invalid corpus settings: " + "; ".join(problems) + "."
+
+
+def settings_problems(cfg: CorpusConfig) -> list[str]:
+    """Every problem of a config's values, each naming the flag (or, without one, the key) it concerns."""
+    problems = []
+    if not cfg.inputs:
+        problems.append("--input: give at least one folder, file, glob or list")
+    if not str(cfg.out):
+        problems.append("--out: give an output folder")
+    if cfg.clip_frames < 1:
+        problems.append(f"--clip-frames must be >= 1, got {cfg.clip_frames}")
+    if cfg.stride is not None and cfg.stride < 1:
+        problems.append(f"--stride must be >= 1, got {cfg.stride}")
+    if cfg.max_clips_per_video is not None and cfg.max_clips_per_video < 1:
+        problems.append(f"--max-clips-per-video must be >= 1, got {cfg.max_clips_per_video}")
+    if len(cfg.hr_size) != 2 or min(cfg.hr_size) < 1:
+        problems.append(f"--hr-size must be two positive numbers, got {cfg.hr_size}")
+    if cfg.hr_mode not in HR_MODES:
+        problems.append(f"--hr-mode must be one of {list(HR_MODES)}, got '{cfg.hr_mode}'")
+    if (cfg.scale is None) == (cfg.lr_size is None):
+        problems.append("give exactly one of --scale and --lr-size")
+    elif cfg.lr_size is not None and (len(cfg.lr_size) != 2 or min(cfg.lr_size) < 1):
+        problems.append(f"--lr-size must be two positive numbers, got {cfg.lr_size}")
+    elif cfg.scale is not None:
+        if cfg.scale <= 0:
+            problems.append(f"--scale must be positive, got {cfg.scale}")
+        elif float(cfg.scale).is_integer() and any(s % int(cfg.scale) for s in cfg.hr_size):
+            h, w = cfg.hr_size
+            problems.append(f"--hr-size {w}x{h} must be divisible by --scale {cfg.scale:g} so that "
+                            f"HR = scale x LR exactly")
+    elif cfg.lr_size[0] > cfg.hr_size[0] or cfg.lr_size[1] > cfg.hr_size[1]:
+        problems.append(f"--lr-size {cfg.lr_size[1]}x{cfg.lr_size[0]} is larger than --hr-size "
+                        f"{cfg.hr_size[1]}x{cfg.hr_size[0]}")
+    if not 0.0 <= cfg.strength <= 1.0:
+        problems.append(f"--strength must be in [0, 1], got {cfg.strength}")
+    if cfg.samples_per_shard < 1:
+        problems.append(f"--samples-per-shard must be >= 1, got {cfg.samples_per_shard}")
+    if not 0.0 < cfg.scene_cut_threshold <= 1.0:
+        problems.append(f"--scene-cut-threshold must be in (0, 1], got {cfg.scene_cut_threshold}")
+    if not 0.0 <= cfg.min_brightness < cfg.max_brightness <= 255.0:
+        problems.append(f"--min-brightness/--max-brightness must satisfy 0 <= min < max <= 255, got "
+                        f"{cfg.min_brightness}/{cfg.max_brightness}")
+    if cfg.filter_frames < 1:
+        problems.append(f"filter_frames must be >= 1, got {cfg.filter_frames}")
+    if cfg.workers is not None and cfg.workers < 0:
+        problems.append(f"--workers must be >= 0, got {cfg.workers}")
+    if cfg.workers == 0 and cfg.address:
+        problems.append("--workers 0 runs without Ray, so it cannot be combined with --address")
+    if cfg.shard_retries < 0:
+        problems.append(f"--shard-retries must be >= 0, got {cfg.shard_retries}")
+    if cfg.threads_per_task < 1:
+        problems.append(f"threads_per_task must be >= 1, got {cfg.threads_per_task}")
+    return problems
 
 
 def codec_spec(text: str) -> dict[str, Any]:
@@ -200,3 +224,236 @@ def content_differences(saved: dict[str, Any], current: CorpusConfig) -> list[st
     """Names of content fields whose saved value differs from ``current`` (for resume checks)."""
     now = current.content()
     return sorted(k for k in set(saved) | set(now) if k not in RUN_FIELDS and saved.get(k) != now.get(k))
+
+
+# ------------------------------------------------------------------------------------ files, flags, --set
+
+# The command-line flag of each field that has one (the others are set in a file or with --set).
+FLAGS: dict[str, str] = {
+    "inputs": "--input", "out": "--out", "preset": "--preset", "clip_frames": "--clip-frames",
+    "stride": "--stride", "max_clips_per_video": "--max-clips-per-video", "hr_size": "--hr-size",
+    "hr_mode": "--hr-mode", "allow_upscale": "--allow-upscale", "scale": "--scale", "lr_size": "--lr-size",
+    "strength": "--strength", "latent_codec": "--latent-codec", "seed": "--seed",
+    "samples_per_shard": "--samples-per-shard", "scene_cut_threshold": "--scene-cut-threshold",
+    "min_brightness": "--min-brightness", "max_brightness": "--max-brightness",
+    "min_laplacian_var": "--min-laplacian", "min_musiq": "--min-musiq", "musiq_weights": "--musiq-weights",
+    "workers": "--workers", "address": "--address", "shard_retries": "--shard-retries",
+}
+
+FLAG = "flag"
+"""The origin of a value given as a command-line flag (messages then name the flag, not the key)."""
+
+# One value and where it came from: (key, value, origin); origin is FLAG or a phrase such as
+# "in corpus.yaml" or "in --set seed=3".
+Entry = tuple[str, Any, str]
+
+
+def load_corpus_config(file: str | Path | None = None, flags: dict[str, Any] | None = None,
+                       overrides: Iterable[str] = ()) -> CorpusConfig:
+    """The validated config from the defaults, then a YAML ``file``, then explicit ``flags`` (field name →
+    value), then ``--set`` ``overrides`` (``key=value``, values read as YAML); each later layer wins.
+
+    Relative paths (``inputs``, ``out``, a preset file) are taken from the working folder, as on the command
+    line, and stored absolute. An unknown key or a bad value raises :class:`UserError` naming the key and
+    the layer that gave it.
+    """
+    layers = []
+    if file is not None:
+        layers.append(_layer(read_config_file(file), f"in {file}"))
+    if flags:
+        layers.append(_layer(flags, FLAG))
+    layers.append(parse_overrides(overrides))
+    merged = _merge(layers)
+    missing = [k for k in ("inputs", "out") if k not in merged[0]]
+    if missing:
+        raise UserError("give --input PATHS and --out DIR, or inputs and out in the --config file "
+                        "(or --inspect DIR).")
+    return _build(_absolute_paths(merged), file_given=file is not None)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML (or JSON) config file; a missing, unreadable or non-mapping file raises."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of settings (key: value lines), "
+                        f"got {type(data).__name__}.")
+    return data
+
+
+def parse_overrides(items: Iterable[str]) -> list[Entry]:
+    """``key=value`` items as entries; values are YAML, except text fields, which are taken verbatim
+    (so ``--set out=2024`` is a folder, not a number)."""
+    import yaml
+
+    hints = _hints()
+    entries = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set '{item}': expected key=value, e.g. --set clip_frames=17.")
+        if text.strip() in ("", "null", "~"):
+            value = None
+        elif _is_text(hints.get(key)):
+            value = text
+        else:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text  # reported as a bad value of the key below
+        entries.append((key, value, f"in --set {item}"))
+    return entries
+
+
+def to_yaml(cfg: CorpusConfig) -> str:
+    """The config as a YAML file that :func:`load_corpus_config` reads back to ``cfg``."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(CorpusConfig)
+
+
+def _is_text(hint: Any) -> bool:
+    """Whether a field holds text (``str`` or ``str | None``)."""
+    return hint is str or set(typing.get_args(hint)) == {str, type(None)}
+
+
+def _layer(data: dict[str, Any], origin: str) -> list[Entry]:
+    return [(str(k), v, origin) for k, v in data.items()]
+
+
+def _merge(layers: list[list[Entry]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Values and their origins, later layers winning; raises on unknown keys and bad values."""
+    fields = [f.name for f in dataclasses.fields(CorpusConfig)]
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    for layer in layers:
+        given = {}
+        for key, value, origin in layer:
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"unknown key '{key}' {origin}{hint}")
+                continue
+            value, problem = _coerce(key, value)
+            if problem:
+                name = FLAGS[key] if origin == FLAG else key
+                problems.append(f"{name} must be {problem}, got {value!r}{_where(origin)}")
+                continue
+            given[key] = (value, origin)
+        # scale and lr_size are two ways to say one thing: a layer giving one clears the other's older value.
+        for key, other in (("scale", "lr_size"), ("lr_size", "scale")):
+            if given.get(key, (None,))[0] is not None and other not in given:
+                given[other] = (None, given[key][1])
+        for key, (value, origin) in given.items():
+            values[key], origins[key] = value, origin
+    if problems:
+        raise UserError(problem_sentence(problems))
+    return values, origins
+
+
+def _coerce(key: str, value: Any) -> tuple[Any, str]:
+    """``value`` in the field's type, and an empty string, or the value and what was expected instead."""
+    hint = _hints()[key]
+    optional = type(None) in typing.get_args(hint)
+    if value is None:
+        return value, "" if optional else _expected(key, hint)
+    if key == "inputs" and isinstance(value, str):
+        value = [value]  # one folder, file, glob or list
+    if key in ("hr_size", "lr_size") and isinstance(value, str):
+        value = _size(value)
+        if value is None:
+            return value, "a size WxH (e.g. 1280x720) or a [height, width] list"
+    if key == "latent_codec" and isinstance(value, dict):
+        value = json.dumps(value)  # a codec spec written as a mapping is the JSON form of --latent-codec
+    if isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+        with contextlib.suppress(ValueError):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
+    if not value_matches_hint(value, hint) or not _items_match(key, value):
+        return value, _expected(key, hint)
+    return (tuple(value) if isinstance(value, list) else value), ""
+
+
+def _items_match(key: str, value: Any) -> bool:
+    if key == "inputs":
+        return all(isinstance(v, str) for v in value)
+    if key in ("hr_size", "lr_size"):
+        return len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return True
+
+
+def _expected(key: str, hint: Any) -> str:
+    if key == "inputs":
+        return "a path or a list of paths"
+    if key in ("hr_size", "lr_size"):
+        return "a size WxH (e.g. 1280x720) or a [height, width] list"
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    kinds = [words[h] for h in (hint, *typing.get_args(hint)) if h in words]
+    return " or ".join(kinds[:1] + (["null"] if type(None) in typing.get_args(hint) else []))
+
+
+def _size(text: str) -> tuple[int, int] | None:
+    """``WxH`` → ``(height, width)``, or None when it is not a size."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        return None
+    return h, w
+
+
+def _where(origin: str) -> str:
+    return "" if origin == FLAG else f" ({origin})"
+
+
+def _absolute_paths(merged: tuple[dict[str, Any], dict[str, str]]) -> tuple[dict[str, Any], dict[str, str]]:
+    # Absolute paths make a rerun from another folder (or from the saved config) the same corpus.
+    values, origins = merged
+    values = dict(values)
+    values["inputs"] = tuple(str(Path(p).expanduser().absolute()) for p in values["inputs"])
+    values["out"] = str(Path(values["out"]).expanduser().absolute())
+    preset = values.get("preset")
+    if preset and Path(preset).suffix in (".yaml", ".yml"):
+        values["preset"] = str(Path(preset).expanduser().resolve())
+    return values, origins
+
+
+def _build(merged: tuple[dict[str, Any], dict[str, str]], file_given: bool) -> CorpusConfig:
+    """The config, with value problems reworded to name each key the way its layer wrote it."""
+    values, origins = merged
+    try:
+        return CorpusConfig(**values)
+    except SettingsError as err:
+        raise UserError(problem_sentence([_reword(p, origins, file_given) for p in err.problems])) from None
+    except TypeError:  # a required field is missing
+        raise UserError("give inputs and out (--input PATHS --out DIR).") from None
+
+
+def _reword(problem: str, origins: dict[str, str], file_given: bool) -> str:
+    """A problem phrase with flags of values not given as flags replaced by their keys, and the layers of
+    the values it mentions appended. Defaults keep their flag unless a config file is in use."""
+    layers = []
+    for key in (f.name for f in dataclasses.fields(CorpusConfig)):
+        origin = origins.get(key, "" if file_given else FLAG)
+        flag = FLAGS.get(key)
+        pattern = re.escape(flag) + r"(?![\w-])" if flag else rf"\b{key}\b"
+        if not re.search(pattern, problem):
+            continue
+        if flag and origin != FLAG:
+            problem = re.sub(pattern, key, problem)
+        if origin not in ("", FLAG) and origin not in layers:
+            layers.append(origin)
+    return problem + (f" ({', '.join(layers)})" if layers else "")
