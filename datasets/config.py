@@ -291,8 +291,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: Iterable[str]) -> list[Entry]:
-    """``key=value`` items as entries; values are YAML, except text fields, which are taken verbatim
-    (so ``--set out=2024`` is a folder, not a number)."""
+    """``key=value`` items as entries; values are YAML, except that text fields take the text verbatim
+    (so ``--set out=2024`` is a folder, not a number) unless it is a mapping (a ``latent_codec`` spec)."""
     import yaml
 
     hints = _hints()
@@ -302,15 +302,12 @@ def parse_overrides(items: Iterable[str]) -> list[Entry]:
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set '{item}': expected key=value, e.g. --set clip_frames=17.")
-        if text.strip() in ("", "null", "~"):
-            value = None
-        elif _is_text(hints.get(key)):
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # reported as a bad value of the key below, unless the key takes text
+        if _is_text(hints.get(key)) and value is not None and not isinstance(value, dict):
             value = text
-        else:
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                value = text  # reported as a bad value of the key below
         entries.append((key, value, f"in --set {item}"))
     return entries
 
@@ -380,9 +377,10 @@ def _coerce(key: str, value: Any) -> tuple[Any, str]:
             return value, "a size WxH (e.g. 1280x720) or a [height, width] list"
     if key == "latent_codec" and isinstance(value, dict):
         value = json.dumps(value)  # a codec spec written as a mapping is the JSON form of --latent-codec
-    if isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+    # YAML 1.1 reads 1e-4 (no dot) as text; ints become floats so that a saved config reads as flags do
+    if float in (hint, *typing.get_args(hint)) and isinstance(value, str | int) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
-            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
+            value = float(value)
     if not value_matches_hint(value, hint) or not _items_match(key, value):
         return value, _expected(key, hint)
     return (tuple(value) if isinstance(value, list) else value), ""
