@@ -15,6 +15,11 @@ number of batches (webdataset's recommended setup).
 Pairing. The crop is drawn on the LR grid with albumentations and replayed on the HR frames at ``scale``
 times the coordinates, with the same flips, applied identically to every frame (albumentations' ``images``
 target), so ``HR crop = scale × LR crop`` exactly.
+
+Hooks. ``pair_dataset(pairs=...)`` replaces the decode + crop stage with the caller's own per-sample
+function (the trainer's latent-cache lookup is one), keeping the shard split, the shuffle buffer and the
+epoch reseeding; ``handler`` may be a function deciding what a bad sample does. Such a stage reseeds its own
+draws from :func:`sample_seed` and the pipeline's :class:`Epoch`, as the built-in stages do.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,11 @@ from cascadevsr.errors import UserError
 log = logging.getLogger(__name__)
 
 HANDLERS = {"raise": wds.reraise_exception, "warn": wds.warn_and_continue, "ignore": wds.ignore_and_continue}
+
+Handler = str | Callable[[BaseException], bool]
+"""What a bad sample does: a name in ``HANDLERS`` or ``fn(error) -> bool`` (True: skip it, False: end the
+stream; raising stops the loader)."""
+SampleFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def resolve_shards(shards: str | Path | list[str] | tuple[str, ...]) -> list[str]:
@@ -84,13 +94,15 @@ def check_split(num_shards: int, world_size: int, num_workers: int) -> None:
             f"rebuild with a smaller --samples-per-shard, or pass resampled=True.")
 
 
-def _seed(*parts: Any) -> int:
+def sample_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (e.g. ``(seed, "augment", epoch, worker, rank)``); the loader's
+    stages seed every random draw this way, so a stream depends only on these parts."""
     from cascadevsr.degrade.pipeline import derive_seed
 
     return derive_seed(*parts)
 
 
-class _Epoch:
+class Epoch:
     """Epoch number shared by the stages of one pipeline: ``set_epoch`` from the training loop, as with
     ``DistributedSampler``; without it each pass over the same dataset object counts one up (which covers
     ``num_workers=0``; fresh DataLoader workers start from epoch 0 again)."""
@@ -99,11 +111,15 @@ class _Epoch:
         self.value = -1
         self.explicit = False
 
+    def current(self) -> int:
+        """The epoch the running pass uses (0 before the first pass has started)."""
+        return max(self.value, 0)
+
 
 class ShardStream(IterableDataset):
     """First stage: ``{"url": path}`` for the shards this rank and worker read in this epoch."""
 
-    def __init__(self, urls: list[str], epoch: _Epoch, *, rank: int, world_size: int, resampled: bool,
+    def __init__(self, urls: list[str], epoch: Epoch, *, rank: int, world_size: int, resampled: bool,
                  shuffle: bool, seed: int) -> None:
         super().__init__()
         self.urls, self.epoch, self.rank, self.world_size = urls, epoch, rank, world_size
@@ -112,18 +128,18 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, str]]:
         if not self.epoch.explicit:
             self.epoch.value += 1
-        epoch = max(self.epoch.value, 0)
+        epoch = self.epoch.current()
         worker, num_workers = worker_info()
         if self.resampled:
             # Independent draws per (rank, worker): streams differ, and every rank has data forever.
-            rng = random.Random(_seed(self.seed, "resample", epoch, self.rank, worker))
+            rng = random.Random(sample_seed(self.seed, "resample", epoch, self.rank, worker))
             while True:
                 yield {"url": rng.choice(self.urls)}
         check_split(len(self.urls), self.world_size, num_workers)
         order = list(self.urls)
         if self.shuffle:
             # Same permutation on every rank (seed and epoch only), so the slices below stay disjoint.
-            random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
+            random.Random(sample_seed(self.seed, "shards", epoch)).shuffle(order)
         for url in order[self.rank :: self.world_size][worker::num_workers]:
             yield {"url": url}
 
@@ -131,7 +147,7 @@ class ShardStream(IterableDataset):
 class ShuffleBuffer:
     """Sample shuffle buffer seeded per (seed, epoch, rank, worker), so runs are reproducible."""
 
-    def __init__(self, size: int, epoch: _Epoch, seed: int, rank: int) -> None:
+    def __init__(self, size: int, epoch: Epoch, seed: int, rank: int) -> None:
         self.size, self.epoch, self.seed, self.rank = size, epoch, seed, rank
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -143,8 +159,8 @@ class ShuffleBuffer:
         if first is None:
             return
         # Seeded only after the first sample arrives: the shard stage counts the epoch up when it starts.
-        epoch = max(self.epoch.value, 0)
-        rng = random.Random(_seed(self.seed, "samples", epoch, self.rank, worker_info()[0]))
+        epoch = self.epoch.current()
+        rng = random.Random(sample_seed(self.seed, "samples", epoch, self.rank, worker_info()[0]))
         buf: list[dict[str, Any]] = [first]
         for sample in src:
             if len(buf) < self.size:
@@ -191,7 +207,7 @@ class PairAugment:
     """
 
     def __init__(self, crop_size: tuple[int, int] | None, hflip: bool, vflip: bool, num_frames: int | None,
-                 dtype: str, epoch: _Epoch, seed: int, rank: int) -> None:
+                 dtype: str, epoch: Epoch, seed: int, rank: int) -> None:
         self.crop_size, self.hflip, self.vflip, self.num_frames = crop_size, hflip, vflip, num_frames
         self.dtype, self.epoch, self.seed, self.rank = dtype, epoch, seed, rank
         self._compose: Any = None
@@ -200,7 +216,7 @@ class PairAugment:
     def _lr_compose(self) -> Any:
         import albumentations as A
 
-        state = (max(self.epoch.value, 0), worker_info()[0])
+        state = (self.epoch.current(), worker_info()[0])
         if self._compose is None or state != self._state:
             transforms: list[Any] = []
             if self.crop_size:
@@ -210,8 +226,8 @@ class PairAugment:
             if self.vflip:
                 transforms.append(A.VerticalFlip(p=0.5))
             self._compose = A.Compose(transforms, save_applied_params=True,
-                                      seed=_seed(self.seed, "augment", *state, self.rank) % 2**32)
-            self._rng = np.random.default_rng(_seed(self.seed, "window", *state, self.rank))
+                                      seed=sample_seed(self.seed, "augment", *state, self.rank) % 2**32)
+            self._rng = np.random.default_rng(sample_seed(self.seed, "window", *state, self.rank))
             self._state = state
         return self._compose
 
@@ -259,7 +275,7 @@ class PairAugment:
 class PairDataset(wds.DataPipeline):
     """The loader's webdataset pipeline; ``set_epoch(e)`` reseeds shard order, shuffle and augmentation."""
 
-    def __init__(self, *stages: Any, epoch: _Epoch) -> None:
+    def __init__(self, *stages: Any, epoch: Epoch) -> None:
         super().__init__(*stages)
         self._epoch = epoch
 
@@ -268,15 +284,52 @@ class PairDataset(wds.DataPipeline):
         self._epoch.value, self._epoch.explicit = int(epoch), True
 
 
+class GuardedMap:
+    """A pipeline stage applying ``fn`` to each sample; a sample it fails on goes to ``handler`` as a
+    ``ValueError`` naming the sample and its shard (skipped on True, the stream ends on False)."""
+
+    def __init__(self, fn: SampleFn, handler: Callable[[BaseException], bool]) -> None:
+        self.fn, self.handler = fn, handler
+
+    def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for sample in src:
+            try:
+                out = self.fn(sample)
+            except Exception as err:  # the video layer reports corrupt data as UserError too
+                if self.handler(ValueError(f"{sample.get('__key__')} in {sample.get('__url__')}: {err}")):
+                    continue
+                return
+            yield out
+
+
+def map_stage(fn: SampleFn, handler: Handler) -> Any:
+    """``fn`` as a per-sample pipeline stage with the loader's error handling (see :data:`Handler`)."""
+    if callable(handler):
+        return GuardedMap(fn, handler)
+    return wds.map(fn, handler=HANDLERS[handler])
+
+
+def check_handler(handler: Handler) -> None:
+    """Refuse a handler that is neither a known name nor a function."""
+    if not callable(handler) and handler not in HANDLERS:
+        raise UserError(f"unknown handler '{handler}'; choose from {list(HANDLERS)} or pass a function.")
+
+
 def pair_dataset(shards: str | Path | list[str], *, crop_size: int | tuple[int, int] | None = 64,
                  num_frames: int | None = None, hflip: bool = True, vflip: bool = False,
                  shuffle_buffer: int = 32, resampled: bool = False, shuffle_shards: bool = True,
                  samples_per_epoch: int | None = None, num_workers: int = 0, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, dtype: str = "float32",
-                 handler: str = "raise") -> PairDataset:
-    """The iterable dataset behind ``pair_loader`` (same arguments); yields one sample dict at a time."""
-    if handler not in HANDLERS:
-        raise UserError(f"unknown handler '{handler}'; choose from {list(HANDLERS)}.")
+                 handler: Handler = "raise", pairs: Callable[[Epoch], SampleFn] | None = None) -> PairDataset:
+    """The iterable dataset behind ``pair_loader`` (same arguments); yields one sample dict at a time.
+
+    ``pairs`` replaces the decode + crop + flip stage (``crop_size``, ``num_frames``, the flips and
+    ``dtype`` then go unused): it is called once with the pipeline's :class:`Epoch` and returns the
+    function applied to every raw tar sample (``__key__``, ``__url__`` and the member bytes by extension,
+    e.g. ``hr.mp4``, ``lr_latent.npy``). The returned dataset is a webdataset ``DataPipeline``: further
+    stages can be appended with ``.append(stage)``.
+    """
+    check_handler(handler)
     if dtype not in ("float32", "uint8"):
         raise UserError(f"dtype must be 'float32' or 'uint8', got '{dtype}'.")
     urls = resolve_shards(shards)
@@ -285,16 +338,18 @@ def pair_dataset(shards: str | Path | list[str], *, crop_size: int | tuple[int, 
         check_split(len(urls), world_size, num_workers)
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
-    epoch = _Epoch()
+    epoch = Epoch()
     stages: list[Any] = [
         ShardStream(urls, epoch, rank=rank, world_size=world_size, resampled=resampled,
                     shuffle=shuffle_shards, seed=seed),
-        wds.tarfile_to_samples(handler=HANDLERS[handler]),
+        wds.tarfile_to_samples(handler=handler if callable(handler) else HANDLERS[handler]),
         ShuffleBuffer(shuffle_buffer, epoch, seed, rank),
-        wds.map(decode_pair, handler=HANDLERS[handler]),
-        wds.map(PairAugment(crop_size, hflip, vflip, num_frames, dtype, epoch, seed, rank),
-                handler=HANDLERS[handler]),
     ]
+    if pairs is not None:
+        stages.append(map_stage(pairs(epoch), handler))
+    else:
+        stages += [map_stage(decode_pair, handler),
+                   map_stage(PairAugment(crop_size, hflip, vflip, num_frames, dtype, epoch, seed, rank), handler)]
     dataset = PairDataset(*stages, epoch=epoch)
     if samples_per_epoch:
         dataset = dataset.with_epoch(math.ceil(samples_per_epoch / max(1, num_workers)))
@@ -306,7 +361,7 @@ def pair_loader(shards: str | Path | list[str], *, batch_size: int = 4, num_work
                 hflip: bool = True, vflip: bool = False, shuffle_buffer: int = 32, resampled: bool = False,
                 shuffle_shards: bool = True, samples_per_epoch: int | None = None, seed: int = 0,
                 rank: int | None = None, world_size: int | None = None, dtype: str = "float32",
-                handler: str = "raise") -> DataLoader:
+                handler: Handler = "raise") -> DataLoader:
     """A DataLoader of aligned LR/HR training crops from corpus shards.
 
     Args:
@@ -323,7 +378,8 @@ def pair_loader(shards: str | Path | list[str], *, batch_size: int = 4, num_work
         samples_per_epoch: samples per rank per epoch (split over the workers); needed with ``resampled``.
         seed: base seed of shard order, shuffle buffer and augmentation.
         rank, world_size: DDP position; default from torch.distributed or ``RANK``/``WORLD_SIZE``.
-        handler: what a bad sample does: ``raise`` (default), ``warn`` (log and skip) or ``ignore``.
+        handler: what a bad sample does: ``raise`` (default), ``warn`` (log and skip), ``ignore``, or a
+            function ``fn(error) -> bool`` (True skips the sample; see :data:`Handler`).
     """
     if resampled and not samples_per_epoch:
         raise UserError("resampled=True streams forever; give samples_per_epoch as well.")

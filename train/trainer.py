@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from cascadevsr.train import checkpoint, distributed, flow
 from cascadevsr.train.config import TrainConfig, config_differences
 from cascadevsr.train.model import CHECKPOINT_FORMAT, VSRModel, build_model, count_parameters, model_flops
 from cascadevsr.train.objective import training_loss
+
+if TYPE_CHECKING:
+    from cascadevsr.datasets.loader import Epoch
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,8 @@ class SkipCounter:
         self.consecutive = 0
 
     def handler(self, exn: BaseException) -> bool:
-        """webdataset handler: log, count, go on (until nothing readable is left)."""
+        """Loader handler (``pair_dataset(handler=...)``): log, count, go on (until nothing readable is
+        left)."""
         self.pending += 1
         self.consecutive += 1
         log.warning("skipped a bad sample: %s", exn)
@@ -81,20 +85,6 @@ class SkipCounter:
             raise UserError(f"{self.consecutive} samples in a row could not be read (last: {exn}); "
                             "check the shards (cascadevsr build-corpus --inspect)")
         return True
-
-    def guard(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[Iterator], Iterator]:
-        """A pipeline stage applying ``fn`` to each sample; a sample it fails on is skipped and counted."""
-
-        def stage(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-            for sample in src:
-                try:
-                    out = fn(sample)
-                except Exception as err:  # the video layer reports corrupt data as UserError too
-                    self.handler(ValueError(f"{sample.get('__key__')} in {sample.get('__url__')}: {err}"))
-                    continue
-                yield out
-
-        return stage
 
     def stamp(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Last stage: attach and reset the count of samples skipped since the previous good one."""
@@ -126,7 +116,7 @@ class LatentPairs:
     """
 
     def __init__(self, codec_spec: dict[str, Any], cache_dir: str, use_stored: bool, latent_frames: int,
-                 crop: int, epoch: Any, seed: int, rank: int) -> None:
+                 crop: int, seed: int, rank: int, epoch: Epoch) -> None:
         self.codec_spec, self.cache_dir, self.use_stored = codec_spec, cache_dir, use_stored
         self.latent_frames, self.crop, self.epoch, self.seed, self.rank = latent_frames, crop, epoch, seed, rank
         self._codec: Any = None
@@ -156,12 +146,12 @@ class LatentPairs:
         return out[0], out[1]
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        from cascadevsr.datasets.loader import _seed, worker_info
+        from cascadevsr.datasets.loader import sample_seed, worker_info
 
         hr, lr = self._whole(sample)  # (C, t, H, W), (C, t, h, w)
-        state = (max(self.epoch.value, 0), worker_info()[0])
+        state = (self.epoch.current(), worker_info()[0])
         if self._rng is None or state != self._state:
-            self._rng = np.random.default_rng(_seed(self.seed, "latent-crop", *state, self.rank))
+            self._rng = np.random.default_rng(sample_seed(self.seed, "latent-crop", *state, self.rank))
             self._state = state
         (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
         s = H // h
@@ -205,35 +195,32 @@ def corpus_settings(urls: list[str]) -> dict[str, Any]:
         return {}
 
 
+def latent_pairs(cfg: TrainConfig, cache_dir: str, use_stored: bool, seed: int,
+                 rank: int) -> Callable[[Epoch], LatentPairs]:
+    """The loader's ``pairs`` hook for cache mode: builds the :class:`LatentPairs` stage of one pipeline."""
+    from cascadevsr.latent import latent_frames, make_codec
+
+    codec = make_codec(cfg.model.codec)
+    frames = latent_frames(cfg.data.num_frames, codec.time_factor)
+    crop = cfg.data.crop_size // codec.space_factor
+    return functools.partial(LatentPairs, cfg.model.codec, cache_dir, use_stored, frames, crop, seed, rank)
+
+
 def make_dataset(urls: list[str], cfg: TrainConfig, *, rank: int, world_size: int, seed: int, flips: bool,
                  cache_dir: str, use_stored: bool, per_worker: int) -> Any:
-    """The webdataset pipeline of one rank: resampled shards -> tar -> shuffle -> pairs (pixel crops or latent
-    crops) -> skip count; each worker yields ``per_worker`` samples per pass."""
-    import webdataset as wds
+    """The loader pipeline of one rank: resampled shards -> tar -> shuffle -> pairs (pixel crops, or latent
+    crops from :class:`LatentPairs`) -> skip count; each worker yields ``per_worker`` samples per pass."""
+    from cascadevsr.datasets.loader import pair_dataset
 
-    from cascadevsr.datasets.loader import PairAugment, PairDataset, ShardStream, ShuffleBuffer, _Epoch, decode_pair
-
-    d, m = cfg.data, cfg.model
-    epoch = _Epoch()
+    d = cfg.data
     skips = SkipCounter()
-    stages: list[Any] = [
-        ShardStream(urls, epoch, rank=rank, world_size=world_size, resampled=True, shuffle=True, seed=seed),
-        wds.tarfile_to_samples(handler=skips.handler),
-        ShuffleBuffer(d.shuffle_buffer, epoch, seed, rank),
-    ]
-    if d.latents == "encode":
-        augment = PairAugment((d.crop_size, d.crop_size), flips and d.hflip, False, d.num_frames, "float32", epoch,
-                              seed, rank)
-        stages += [skips.guard(decode_pair), skips.guard(augment)]
-    else:
-        from cascadevsr.latent import latent_frames, make_codec
-
-        codec = make_codec(m.codec)
-        stages.append(skips.guard(LatentPairs(
-            m.codec, cache_dir, use_stored, latent_frames(d.num_frames, codec.time_factor),
-            d.crop_size // codec.space_factor, epoch, seed, rank)))
-    stages.append(skips.stamp)
-    return PairDataset(*stages, epoch=epoch).with_epoch(per_worker)
+    pairs = latent_pairs(cfg, cache_dir, use_stored, seed, rank) if d.latents == "cache" else None
+    dataset = pair_dataset(urls, crop_size=d.crop_size, num_frames=d.num_frames, hflip=flips and d.hflip,
+                           vflip=False, shuffle_buffer=d.shuffle_buffer, resampled=True, shuffle_shards=True,
+                           seed=seed, rank=rank, world_size=world_size, dtype="float32", handler=skips.handler,
+                           pairs=pairs)
+    dataset.append(skips.stamp)  # last: the skip count rides on the next good sample
+    return dataset.with_epoch(per_worker)
 
 
 class BatchStream:
