@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import json
 import re
 import typing
@@ -120,7 +121,7 @@ class CorpusConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], origin: str = "") -> CorpusConfig:
+    def from_dict(cls, data: dict[str, Any], origin: str = "in the corpus settings") -> CorpusConfig:
         """Rebuild a config from ``to_dict`` output; unknown keys and bad values are errors naming the key
         (``origin``, e.g. ``in corpus.yaml``, says where the dict came from)."""
         return _build(_merge([_layer(data, origin)]), file_given=True)
@@ -264,8 +265,7 @@ def load_corpus_config(file: str | Path | None = None, flags: dict[str, Any] | N
         layers.append(_layer(flags, FLAG))
     layers.append(parse_overrides(overrides))
     merged = _merge(layers)
-    missing = [k for k in ("inputs", "out") if k not in merged[0]]
-    if missing:
+    if not {"inputs", "out"} <= merged[0].keys():
         raise UserError("give --input PATHS and --out DIR, or inputs and out in the --config file "
                         "(or --inspect DIR).")
     return _build(_absolute_paths(merged), file_given=file is not None)
@@ -281,7 +281,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -319,6 +319,7 @@ def to_yaml(cfg: CorpusConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
 
 
+@functools.cache
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(CorpusConfig)
 
