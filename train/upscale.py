@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-overlap", type=int, default=5, help="latent frames shared by windows")
     parser.add_argument("--tile", type=int, default=96, help="tile side in HR latent pixels")
     parser.add_argument("--tile-overlap", type=int, default=16, help="HR latent pixels shared by tiles")
+    parser.add_argument("--tile-batch", type=int, default=8,
+                        help="window x tile chunks per model call: faster while memory lasts, same result "
+                             "(default 8)")
     parser.add_argument("--segment", type=int, default=60, help="latent frames per streamed segment")
     parser.add_argument("--segment-overlap", type=int, default=5, help="latent frames shared by segments")
     parser.add_argument("--fps", type=float, default=None,
@@ -150,12 +153,13 @@ def run(args: argparse.Namespace) -> int:
 
     icfg = InferenceConfig(steps=args.steps, noise_level=args.noise_level, seed=args.seed,
                            window=args.window, window_overlap=args.window_overlap, tile=args.tile,
-                           tile_overlap=args.tile_overlap, segment=args.segment,
+                           tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, segment=args.segment,
                            segment_overlap=args.segment_overlap)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"upscale {args.input} -> {out} with {args.checkpoint}: {icfg.steps} Euler steps, "
-          f"seed {icfg.seed}, windows of {icfg.window} latent frames, tiles of {icfg.tile} latent pixels")
+          f"seed {icfg.seed}, windows of {icfg.window} latent frames, tiles of {icfg.tile} latent pixels, "
+          f"{icfg.tile_batch} chunks per model call")
     summary = upscale_file(args.input, out, args.checkpoint, icfg, scale=args.scale, fps=args.fps,
                            video_codec=args.codec, crf=args.crf, prefer_ema=not args.raw_weights,
                            device=args.device)
