@@ -86,7 +86,7 @@ def plot_timesteps(rows: pd.DataFrame, density: dict[str, list[float]] | None, o
     if density is not None:
         edges, pdf = density_pdf(density)
         ax2 = ax.twinx()
-        ax2.stairs(pdf, edges, color="tab:red", lw=1.5, label="detail-aware sampling pdf")
+        ax2.stairs(pdf, edges, baseline=None, color="tab:red", lw=1.5, label="detail-aware sampling pdf")
         ax2.axhline(1.0, color="gray", ls="--", lw=1, label="uniform pdf")
         ax2.set_ylabel("sampling density")
         ax2.set_ylim(0, max(float(pdf.max()), 1.0) * 1.15)

@@ -155,6 +155,19 @@ def build_report(cfg: ReportConfig) -> ReportResult:
                             f"{', '.join(sorted(present)) or 'no metric rows'}.")
     if cfg.baseline is not None and not results:
         raise UserError("--baseline needs an evaluation results file among the inputs.")
+    # Everything that can refuse the inputs runs before the first file is written.
+    rows = merge_results(results, cfg.allow_mixed_protocols) if results else None
+    methods = list(dict.fromkeys(rows["method"].tolist())) if rows is not None else []
+    if cfg.baseline is not None and cfg.baseline not in methods:
+        raise UserError(f"--baseline '{cfg.baseline}' is not a method of the results; they hold "
+                        f"{', '.join(methods)}.")
+    resolved_metrics: dict[str, list[str]] = {}
+    if rows is not None:
+        resolved_metrics["results"] = _pick_metrics(cfg.metrics, T.score_metrics(rows))
+    for inp in (i for i in inputs if i.kind == "noise_aug"):
+        resolved_metrics[str(inp.path)] = _pick_metrics(cfg.metrics, T.score_metrics(inp.rows))
+        if not resolved_metrics[str(inp.path)]:
+            raise UserError(f"{inp.path} holds none of the metrics asked for with --metrics.")
     cfg.out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     index = [f"# {cfg.title}", "",
@@ -162,7 +175,6 @@ def build_report(cfg: ReportConfig) -> ReportResult:
              + ". Every number is read from these files; none is recomputed. The resolved command is in "
              "[report.json](report.json)."]
     html_sections: list[leaderboard.Section] = []
-    resolved_metrics: dict[str, list[str]] = {}
     board_md = None
 
     def write(name: str, text: str) -> Path:
@@ -186,16 +198,10 @@ def build_report(cfg: ReportConfig) -> ReportResult:
             links.append(f"[LaTeX]({stem}.tex)")
         return links
 
-    if results:
-        rows = merge_results(results, cfg.allow_mixed_protocols)
+    if rows is not None:
         protocols = [i.protocol for i in results]
-        metrics = _pick_metrics(cfg.metrics, T.score_metrics(rows))
-        resolved_metrics["results"] = metrics
+        metrics = resolved_metrics["results"]
         directions = metric_directions(metrics, protocols)
-        methods = list(dict.fromkeys(rows["method"].tolist()))
-        if cfg.baseline is not None and cfg.baseline not in methods:
-            raise UserError(f"--baseline '{cfg.baseline}' is not a method of the results; they hold "
-                            f"{', '.join(methods)}.")
         board = T.leaderboard_table(rows, metrics, directions, _reported_runtimes(protocols))
         proto = summary_lines({i.path.name: i.protocol for i in results})
         board_md = T.to_markdown(board)
@@ -235,10 +241,7 @@ def build_report(cfg: ReportConfig) -> ReportResult:
             png = analysis.plot_timesteps(inp.rows, inp.density, cfg.out / f"{stem}.png") if cfg.plots else None
             comments = [] if inp.density else [f"No {inp.path.parent / 'density.json'} beside it: no sampling pdf."]
         else:
-            metrics = _pick_metrics(cfg.metrics, T.score_metrics(inp.rows))
-            if not metrics:
-                raise UserError(f"{inp.path} holds none of the metrics asked for with --metrics.")
-            resolved_metrics[str(inp.path)] = metrics
+            metrics = resolved_metrics[str(inp.path)]
             directions = metric_directions(metrics, [inp.protocol])
             table = analysis.noise_table(inp.rows, metrics, directions)
             png = analysis.plot_noise(inp.rows, metrics, directions, cfg.out / f"{stem}.png") if cfg.plots else None
