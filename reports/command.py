@@ -173,7 +173,9 @@ def build_report(cfg: ReportConfig) -> ReportResult:
     index = [f"# {cfg.title}", "",
              "Made by `cascadevsr report` from " + ", ".join(f"`{i.path.name}` ({KIND_TITLES[i.kind]})" for i in inputs)
              + ". Every number is read from these files; none is recomputed. The resolved command is in "
-             "[report.json](report.json)."]
+             "[report.json](report.json)"
+             + ("; every table and plot is also on one page, [leaderboard.html](leaderboard.html)."
+                if "html" in cfg.formats else ".")]
     html_sections: list[leaderboard.Section] = []
     board_md = None
 
@@ -255,6 +257,8 @@ def build_report(cfg: ReportConfig) -> ReportResult:
         if len(table.labels) <= INLINE_ROWS:
             index += [T.to_markdown(table), ""]
         index += ["Table: " + " · ".join(links), ""] if links else []
+        if comments and inp.protocol:
+            index += ["Protocol:", ""]
         index += [f"- {c}" for c in comments]
         section.tables.append(table)
         section.items += comments

@@ -3,8 +3,9 @@
 Current chain: for each shipped degradation preset, degrade 17 frames of a real clip (cityCC0: a night
 city pan with fine detail) into an LR/HR pair with a preview strip, build a small training corpus from the
 fetched clips, train the ``tiny`` preset on it briefly, upscale the held-out clips with it and score them
-against bicubic and Real-ESRGAN, then write ``index.md`` (with the results table read back from parquet)
-listing what was made and how long each step took. It lives in ``reports`` because that stage may import every other.
+against bicubic and Real-ESRGAN, report the scores with ``cascadevsr report``, then write ``index.md``
+(with the results table read back from parquet) listing what was made and how long each step took. It
+lives in ``reports`` because that stage may import every other.
 """
 
 from __future__ import annotations
@@ -116,37 +117,25 @@ def evaluate_stage(out: Path, seed: int) -> list[str]:
                      "--metrics", ",".join(metrics), "--out", str(results)])
     if code:
         raise UserError("the evaluation stage of the demo failed (see the message above).")
-    table = results_table(results, metrics)
-    (out / "eval" / "report.md").write_text(table + "\n")
+    seconds = time.perf_counter() - t0
+    report = report_stage(results, out / "eval" / "report", metrics)
     clips = len(list(gt.glob("*.mp4")))
     return ["", "## Evaluation", "",
             f"`cascadevsr evaluate` on frames 0-8 of {clips} held-out clip(s) (the last shard, not trained on) in "
-            f"{time.perf_counter() - t0:.1f} s: the tiny checkpoint (4 Euler steps, tiles of its training crop) "
-            "against bicubic and "
-            "Real-ESRGAN x4plus (PyTorch, from its ncnn weights). Clip means; best per metric in bold; from "
-            "`eval/results.parquet`.", "", table]
+            f"{seconds:.1f} s: the tiny checkpoint (4 Euler steps, tiles of its training crop) against bicubic and "
+            "Real-ESRGAN x4plus (PyTorch, from its ncnn weights). Table by `cascadevsr report` from "
+            "`eval/results.parquet`; the full report (LaTeX, CSV, HTML leaderboard, protocol) is "
+            "[`eval/report/`](eval/report/index.md).", "", *report]
 
 
-def results_table(results: Path, metrics: list[str]) -> str:
-    """A Markdown table (method × metric, clip means averaged over clips) from an evaluation parquet."""
-    import pandas as pd
+def report_stage(results: Path, folder: Path, metrics: list[str]) -> list[str]:
+    """Write ``cascadevsr report``'s tables and plots for ``results`` into ``folder``; its index lines."""
+    from cascadevsr.reports.command import ReportConfig, build_report
 
-    from cascadevsr.evaluate.metrics import create_metric
-
-    df = pd.read_parquet(results)
-    means = df[df["frame"].isna()] if df["frame"].isna().any() else df
-    pivot = means.groupby(["method", "metric"])["value"].mean().unstack("metric")[metrics]
-    higher = {m: create_metric(m).higher_is_better for m in metrics}
-    lines = ["| method | " + " | ".join(f"{m} {'↑' if higher[m] else '↓'}" for m in metrics) + " |",
-             "|---|" + "---|" * len(metrics)]
-    for method, row in pivot.iterrows():
-        cells = []
-        for m in metrics:
-            best = pivot[m].max() if higher[m] else pivot[m].min()
-            text = f"{row[m]:.4f}"
-            cells.append(f"**{text}**" if row[m] == best else text)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    result = build_report(ReportConfig(inputs=[results], out=folder, metrics=metrics, per_clip=True,
+                                       baseline="bicubic", title="cascadevsr demo: evaluation"))
+    bars = folder / "bars.png"
+    return [result.leaderboard_markdown or "", "", f"![]({bars.relative_to(folder.parent.parent)})"]
 
 
 def run(args: argparse.Namespace) -> int:
