@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadevsr.errors import UserError
+from cascadevsr.reports.protocol import RUNTIME_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.metrics is not None:
+            # The runtime is a column of its own whenever the results have it, after the scores.
+            self.metrics = [m for m in self.metrics if m != RUNTIME_METRIC]
         if not self.inputs:
             problems.append("give at least one input file")
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -73,7 +77,7 @@ class ReportConfig:
         if not self.formats:
             problems.append(f"--format: give at least one of {', '.join(FORMATS)}")
         if self.metrics is not None and not self.metrics:
-            problems.append("--metrics: give at least one metric")
+            problems.append("--metrics: give at least one metric besides runtime_s_per_frame")
         if problems:
             raise UserError("; ".join(problems) + ".")
         self.inputs = [Path(p) for p in self.inputs]
