@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cascadevsr.train.command", "fit the VSR model on corpus shards (one process, torchrun or Ray Train)"),
     "upscale": ("cascadevsr.train.upscale", "upscale a video or an LR latent with a trained VSR checkpoint"),
     "evaluate": ("cascadevsr.evaluate.command", "score methods' outputs against ground truth into parquet"),
+    "analyze": ("cascadevsr.evaluate.analyze_command", "timestep detail analysis and noise-augmentation sweep"),
     "report": ("cascadevsr.reports.command", "tables, plots and an HTML leaderboard from results parquet"),
     "demo": ("cascadevsr.reports.demo", "run the end-to-end demo on real clips"),
 }
