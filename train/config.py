@@ -334,6 +334,9 @@ def _build_model(data: Any, prefix: str, problems: list[str]) -> ModelConfig | N
     if isinstance(codec, dict) and codec.get("name", "pixel") == "pixel":
         # A pixel codec fixes the channel count; deriving it keeps `--set model.codec.space_factor=..` valid.
         data.pop("latent_channels", None)
+    elif isinstance(codec, dict) and (channels := vae_latent_channels(codec)):
+        # So does a VAE: a count inherited from a pixel preset would build a model for the wrong latents.
+        data["latent_channels"] = channels
     known = [f.name for f in dataclasses.fields(ModelConfig)]
     for key in [k for k in data if k not in known]:
         problems.append(f"{prefix}{key}: unknown key{_suggest(key, known)}")
@@ -344,6 +347,20 @@ def _build_model(data: Any, prefix: str, problems: list[str]) -> ModelConfig | N
         text = str(err).removeprefix("invalid model config: ")
         problems.extend(f"{prefix}{part}" for part in text.split("; "))
         return None
+
+
+def vae_latent_channels(codec: dict[str, Any]) -> int | None:
+    """Latent channels of a local diffusers VAE codec (``{"name": "wan", "path": ...}``) from its folder's
+    ``config.json`` alone (no weights read); None when there is no readable folder or count."""
+    path = codec.get("path")
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        vae = json.loads((Path(path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    channels = (vae.get("z_dim") or vae.get("latent_channels")) if isinstance(vae, dict) else None
+    return int(channels) if isinstance(channels, int) and channels > 0 else None
 
 
 def _hint_name(hint: Any) -> str:
