@@ -93,7 +93,7 @@ class SweepConfig:
         crop_border: pixels cropped on each side by the metrics that take it (PSNR, SSIM, NIQE), at the size
             the metric sees.
         batch_size: frames per metric call.
-        device: torch device of the models and metrics.
+        device: torch device of the models and metrics (``auto``: CUDA when there is one).
         weights_dir: metric weights folder (default ``$CASCADEVSR_HOME/weights``).
     """
 
@@ -143,6 +143,8 @@ class SweepConfig:
         if problems:
             raise UserError("; ".join(problems) + ".")
         self.out, self.lr = Path(self.out), Path(self.lr)
+        if self.device == "auto":  # the models and the metrics share it, so it is resolved once here
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass

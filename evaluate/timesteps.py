@@ -34,7 +34,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +141,6 @@ class TimestepConfig:
     max_clips: int | None = None
     cutoff: float = 0.5
     device: str = "cpu"
-    clips: list[str] = field(default_factory=list)
-    """Filled by the run: the analysed clips' names."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -286,7 +284,6 @@ def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
     upscaler = CheckpointUpscaler(cfg.checkpoint, steps=cfg.steps, noise_level=cfg.noise_level,
                                   device=cfg.device, seed=cfg.seed)
     level = upscaler.model.cfg.noise_level if cfg.noise_level is None else cfg.noise_level
-    cfg.clips = names
     print(f"analyze timesteps: {ckpt_file} on {len(names)} clip(s), {cfg.steps} Euler steps, noise level "
           f"{level}, seed {cfg.seed}, DCT cut-off {cfg.cutoff} → {cfg.out}")
 
