@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cascadevsr.reports.inputs import TIMESTEP_MEAN_CLIP
 from cascadevsr.reports.plots import axis_label, pyplot
 from cascadevsr.reports.tables import Column, Table, clip_means
 
@@ -35,9 +36,16 @@ def interval_mass(edges: np.ndarray, pdf: np.ndarray, lo: float, hi: float) -> f
     return float((overlap * pdf).sum())
 
 
+def clip_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The per-clip rows of a timestep analysis (without its per-step ``mean`` rows, unless that is all
+    there is), so that means and spreads are taken over clips once."""
+    per_clip = rows[rows["clip"] != TIMESTEP_MEAN_CLIP]
+    return per_clip if len(per_clip) else rows
+
+
 def timestep_curve(rows: pd.DataFrame) -> pd.DataFrame:
     """Per sampling step: ``step, t_from, t_to, mean, std, clips`` (variation averaged over clips)."""
-    g = rows.groupby("step")
+    g = clip_rows(rows).groupby("step")
     curve = pd.DataFrame({"t_from": g["t_from"].mean(), "t_to": g["t_to"].mean(), "mean": g["variation"].mean(),
                           "std": g["variation"].std(ddof=0), "clips": g["clip"].nunique()})
     return curve.reset_index().sort_values("step", kind="stable").reset_index(drop=True)
@@ -70,10 +78,11 @@ def plot_timesteps(rows: pd.DataFrame, density: dict[str, list[float]] | None, o
     curve = timestep_curve(rows)
     t = (curve["t_from"] + curve["t_to"]) / 2
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    clips = rows["clip"].unique()
+    per_clip = clip_rows(rows)
+    clips = per_clip["clip"].unique()
     if 1 < len(clips) <= 8:
         for clip in clips:
-            c = rows[rows["clip"] == clip].sort_values("step")
+            c = per_clip[per_clip["clip"] == clip].sort_values("step")
             ax.plot((c["t_from"] + c["t_to"]) / 2, c["variation"], color="tab:blue", alpha=0.25, lw=0.8)
     ax.fill_between(t, curve["mean"] - curve["std"], curve["mean"] + curve["std"], color="tab:blue", alpha=0.15,
                     lw=0)

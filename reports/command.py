@@ -245,7 +245,9 @@ def build_report(cfg: ReportConfig) -> ReportResult:
         if inp.kind == "timesteps":
             table = analysis.timestep_table(inp.rows, inp.density)
             png = analysis.plot_timesteps(inp.rows, inp.density, cfg.out / f"{stem}.png") if cfg.plots else None
-            comments = [] if inp.density else [f"No {inp.path.parent / 'density.json'} beside it: no sampling pdf."]
+            comments = summary_lines({inp.path.name: inp.protocol}) if inp.protocol else []
+            if inp.density is None:
+                comments.append(f"No {inp.path.parent / 'density.json'} beside it: no sampling pdf.")
         else:
             metrics = resolved_metrics[str(inp.path)]
             directions = metric_directions(metrics, [inp.protocol])

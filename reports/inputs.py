@@ -8,8 +8,9 @@ Kinds (by the columns a file has):
 * ``noise_aug``: the same columns plus ``train_range`` (e.g. ``"0.3-0.6"``) and ``test_level`` (float),
   the noise-augmentation sweep (one model per training range, scored at several test noise levels).
 * ``timesteps``: ``clip, step, t_from, t_to, variation``, the timestep analysis (high-frequency change of
-  the predicted clean signal over the sampling steps), with ``density.json`` beside it
-  (``{"edges": [K+1 values from 0 to 1], "pdf": [K non-negative weights]}``).
+  the predicted clean signal over the sampling steps; rows of clip ``mean`` hold each step's mean over
+  clips), with ``density.json`` beside it (``{"edges": [K+1 values from 0 to 1], "pdf": [K non-negative
+  weights]}``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ TIMESTEP_COLUMNS = ("clip", "step", "t_from", "t_to", "variation")
 # here so that reading a report's inputs does not import the evaluation stage (and torch).
 PROTOCOL_KEY = b"cascadevsr.protocol"
 DENSITY_FILE = "density.json"
+# The clip name of the rows a timestep analysis adds with each step's mean over clips
+# (cascadevsr.evaluate.timesteps.MEAN_CLIP).
+TIMESTEP_MEAN_CLIP = "mean"
 
 
 @dataclass

@@ -121,18 +121,52 @@ def summary_lines(protocols: dict[str, dict[str, Any]]) -> list[str]:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(desc.get("options", {}).items()))
         weights = ", ".join(f"{path} sha256 {sha[:12]}" for path, sha in sorted(desc.get("weights", {}).items()))
         lines.append(f"Metric {name}: version {desc.get('version', '?')}" + (f"; {opts}" if opts else "")
-                     + (f"; weights {weights}" if weights else ""))
+                     + (f"; weights {weights}" if weights else "")
+                     + (f"; compares the {desc['compares']}" if desc.get("compares") else ""))
     methods: dict[str, dict[str, Any]] = {}
     for p in named.values():
         methods.update(p.get("methods", {}))
     if methods:
         lines.append("Methods: " + "; ".join(f"{n} ({_method_text(d)})" for n, d in methods.items()))
+    # Settings of the analyses (timestep analysis, noise-augmentation sweep).
+    per_file("Sampling", _sampling_text)
+    for key, label in (("downsample", "LR consistency downsampling"), ("dct", "DCT"),
+                       ("high_frequency", "High frequency"), ("variation", "Variation")):
+        per_file(label, lambda p, key=key: str(p.get(key, "")))
+    per_file("Checkpoint", lambda p: _checkpoint_text(p["checkpoint"]) if isinstance(p.get("checkpoint"), dict)
+             else "")
+    checkpoints = {n: d for p in named.values() for n, d in (p.get("checkpoints") or {}).items()}
+    if checkpoints:
+        lines.append("Checkpoints: " + "; ".join(f"{n} (trained on {d.get('train_range', '?')}, "
+                                                 f"{_checkpoint_text(d)})" for n, d in checkpoints.items()))
     misaligned = [m for p in named.values() for m in p.get("misaligned", [])]
     for m in misaligned:
         lines.append(f"MISALIGNED: {m['method']} / {m['clip']} is shifted by ({m['dx']:+.2f}, {m['dy']:+.2f}) px "
                      "against the ground truth; its full-reference scores are not comparable")
     per_file("Packages", lambda p: ", ".join(f"{k} {v}" for k, v in sorted(p.get("packages", {}).items())))
     return lines
+
+
+def _sampling_text(p: dict[str, Any]) -> str:
+    if "steps" not in p:
+        return ""
+    parts = [f"{p['steps']} Euler steps"]
+    if p.get("noise_level") is not None:
+        parts.append(f"test noise level {p['noise_level']}")
+    if p.get("cutoff") is not None:
+        parts.append(f"high-pass cut-off {p['cutoff']}")
+    if "seed" in p:
+        parts.append(f"seed {p['seed']}")
+    return ", ".join(parts)
+
+
+def _checkpoint_text(d: dict[str, Any]) -> str:
+    text = str(d.get("file") or d.get("checkpoint") or d.get("path") or "?")
+    if d.get("sha256"):
+        text += f" sha256 {str(d['sha256'])[:12]}"
+    if d.get("step") is not None:
+        text += f", step {d['step']}"
+    return text
 
 
 def _crop_text(p: dict[str, Any]) -> str:

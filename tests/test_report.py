@@ -211,8 +211,13 @@ def test_a_metric_from_another_tool_renders_without_arrow_or_bold(runs, tmp_path
     assert not (tmp_path / "r" / "bars.png").exists()
 
 
-def test_the_protocol_key_matches_the_evaluation_stage():
+def test_names_shared_with_the_evaluation_stage_match():
+    from cascadevsr.evaluate import noise_sweep, timesteps
+
     assert inputs.PROTOCOL_KEY == PROTOCOL_KEY
+    assert (*inputs.RESULTS_COLUMNS, *inputs.NOISE_COLUMNS) == noise_sweep.COLUMNS
+    assert inputs.TIMESTEP_MEAN_CLIP == timesteps.MEAN_CLIP
+    assert inputs.TIMESTEP_COLUMNS == timesteps.COLUMNS
 
 
 # ------------------------------------------------------------------------------------- analysis inputs
@@ -236,7 +241,10 @@ def _timestep_rows(hr: dict[str, np.ndarray], steps: int = 10) -> tuple[pd.DataF
             d = np.linalg.norm(high(frames[0], ts[i + 1]) - high(frames[0], ts[i]))
             records.append((clip, i, float(ts[i]), float(ts[i + 1]), float(d)))
     rows = pd.DataFrame.from_records(records, columns=list(inputs.TIMESTEP_COLUMNS))
-    weights = rows.groupby("step")["variation"].mean().to_numpy()[::-1]  # bins in ascending t
+    mean = rows.groupby("step", as_index=False).agg(t_from=("t_from", "first"), t_to=("t_to", "first"),
+                                                     variation=("variation", "mean"))
+    rows = pd.concat([rows, mean.assign(clip=inputs.TIMESTEP_MEAN_CLIP)], ignore_index=True)  # as analyze writes
+    weights = mean["variation"].to_numpy()[::-1]  # bins in ascending t
     return rows, {"edges": ts[::-1].tolist(), "pdf": (weights / weights.sum()).tolist()}
 
 
@@ -278,7 +286,9 @@ def test_analysis_outputs_get_their_figures_and_tables(runs, tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 5000
     # timesteps: mean variation per step, and each step's probability under the sampling pdf (sums to 1)
     ts = pd.read_csv(out / "timesteps.csv")
-    assert ts["variation"].tolist() == pytest.approx(rows.groupby("step")["variation"].mean().tolist())
+    per_clip = rows[rows["clip"] != inputs.TIMESTEP_MEAN_CLIP]
+    assert ts["variation"].tolist() == pytest.approx(per_clip.groupby("step")["variation"].mean().tolist())
+    assert ts["variation_std"].tolist() == pytest.approx(per_clip.groupby("step")["variation"].std(ddof=0).tolist())
     assert ts["p_detail_aware"].sum() == pytest.approx(1.0) and ts["p_uniform"].sum() == pytest.approx(1.0)
     # the density was made from this curve with one bin per step, so each step's probability is its share
     assert ts["p_detail_aware"].tolist() == pytest.approx((ts["variation"] / ts["variation"].sum()).tolist())
