@@ -24,10 +24,17 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cascadevsr.errors import UserError
 from cascadevsr.reports.protocol import RUNTIME_METRIC
+
+if TYPE_CHECKING:  # the parser is built for every command, so pandas is imported only when a report runs
+    import pandas as pd
+
+    from cascadevsr.reports.inputs import Input
+    from cascadevsr.reports.leaderboard import Section
+    from cascadevsr.reports.tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +149,43 @@ def _pick_metrics(wanted: list[str] | None, present: list[str]) -> list[str]:
     return [m for m in wanted if m in present]
 
 
+@dataclass
+class _Writer:
+    """Writes a report's files into its folder and remembers them."""
+
+    out: Path
+    formats: list[str]
+    files: list[Path] = field(default_factory=list)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.out / name
+        path.write_text(text)
+        self.files.append(path)
+        return path
+
+    def tables(self, table: Table, stem: str, comments: list[str]) -> list[str]:
+        """Write ``table`` in the text formats asked for; Markdown links to what was written."""
+        from cascadevsr.reports import tables as T
+
+        links = []
+        if "md" in self.formats:
+            body = T.to_markdown(table) + ("\n\n" + "\n".join(f"- {c}" for c in comments) if comments else "")
+            self.write(f"{stem}.md", f"**{table.title}**\n\n{body}\n")
+            links.append(f"[Markdown]({stem}.md)")
+        if "csv" in self.formats:
+            self.write(f"{stem}.csv", T.to_csv(table))
+            links.append(f"[CSV]({stem}.csv)")
+        if "tex" in self.formats:
+            self.write(f"{stem}.tex", T.to_latex(table, label=f"tab:{stem}", comments=comments))
+            links.append(f"[LaTeX]({stem}.tex)")
+        return links
+
+
 def build_report(cfg: ReportConfig) -> ReportResult:
     """Read the inputs, write every table, plot, page and index into ``cfg.out``; see the module docstring."""
-    from cascadevsr.reports import analysis, leaderboard, plots
+    from cascadevsr.reports import leaderboard
     from cascadevsr.reports import tables as T
     from cascadevsr.reports.inputs import merge_results, read_input
-    from cascadevsr.reports.protocol import metric_directions, summary_lines
 
     inputs = [read_input(p) for p in cfg.inputs]
     results = [i for i in inputs if i.kind == "results"]
@@ -172,111 +210,109 @@ def build_report(cfg: ReportConfig) -> ReportResult:
         resolved_metrics[str(inp.path)] = _pick_metrics(cfg.metrics, T.score_metrics(inp.rows))
         if not resolved_metrics[str(inp.path)]:
             raise UserError(f"{inp.path} holds none of the metrics asked for with --metrics.")
+
     cfg.out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    writer = _Writer(cfg.out, cfg.formats)
     index = [f"# {cfg.title}", "",
              "Made by `cascadevsr report` from " + ", ".join(f"`{i.path.name}` ({KIND_TITLES[i.kind]})" for i in inputs)
              + ". Every number is read from these files; none is recomputed. The resolved command is in "
              "[report.json](report.json)"
              + ("; every table and plot is also on one page, [leaderboard.html](leaderboard.html)."
                 if "html" in cfg.formats else ".")]
-    html_sections: list[leaderboard.Section] = []
+    sections: list[Section] = []
     board_md = None
-
-    def write(name: str, text: str) -> Path:
-        path = cfg.out / name
-        path.write_text(text)
-        files.append(path)
-        return path
-
-    def write_tables(table: T.Table, stem: str, comments: list[str]) -> list[str]:
-        """Write ``table`` in the text formats asked for; the Markdown links to them."""
-        links = []
-        if "md" in cfg.formats:
-            body = T.to_markdown(table) + ("\n\n" + "\n".join(f"- {c}" for c in comments) if comments else "")
-            write(f"{stem}.md", f"**{table.title}**\n\n{body}\n")
-            links.append(f"[Markdown]({stem}.md)")
-        if "csv" in cfg.formats:
-            write(f"{stem}.csv", T.to_csv(table))
-            links.append(f"[CSV]({stem}.csv)")
-        if "tex" in cfg.formats:
-            write(f"{stem}.tex", T.to_latex(table, label=f"tab:{stem}", comments=comments))
-            links.append(f"[LaTeX]({stem}.tex)")
-        return links
-
     if rows is not None:
-        protocols = [i.protocol for i in results]
-        metrics = resolved_metrics["results"]
-        directions = metric_directions(metrics, protocols)
-        board = T.leaderboard_table(rows, metrics, directions, _reported_runtimes(protocols))
-        proto = summary_lines({i.path.name: i.protocol for i in results})
-        board_md = T.to_markdown(board)
-        links = write_tables(board, "leaderboard", proto)
-        if "html" in cfg.formats:
-            links.append("[HTML](leaderboard.html)")
-        index += ["", "## Leaderboard", "", board_md, ""] + (["Also as: " + " · ".join(links), ""] if links else [])
-        section = leaderboard.Section("Leaderboard", tables=[board])
-        if cfg.baseline is not None:
-            delta = T.baseline_table(board, cfg.baseline)
-            stem = f"vs_{_safe(cfg.baseline)}"
-            dlinks = write_tables(delta, stem, [])
-            index += [f"### {delta.title}", "", T.to_markdown(delta), "", " · ".join(dlinks), ""]
-            section.tables.append(delta)
-        if cfg.per_clip:
-            per_clip = T.per_clip_table(rows, metrics, directions)
-            plinks = write_tables(per_clip, "per_clip", [])
-            index += ["### Per clip", "", T.to_markdown(per_clip), "", " · ".join(plinks), ""]
-            section.tables.append(per_clip)
-        if cfg.plots:
-            made = [plots.bars(board, cfg.out / "bars.png", cfg.baseline),
-                    plots.quality_vs_speed(board, cfg.out / "quality_vs_speed.png")]
-            for png in (p for p in made if p is not None):
-                files.append(png)
-                section.images.append(png)
-                index += [f"![]({png.name})", ""]
-        index += ["### Protocol", "", *[f"- {line}" for line in proto]]
-        html_sections += [section, leaderboard.Section("Protocol", items=proto)]
-
+        lines, more, board_md = _results_part(cfg, writer, results, rows, resolved_metrics["results"])
+        index += lines
+        sections += more
     stems: set[str] = set()
     for inp in (i for i in inputs if i.kind != "results"):
         stem = _unique(_safe(inp.path.stem), stems)
-        heading = f"{KIND_TITLES[inp.kind].capitalize()} (`{inp.path.name}`)"
-        section = leaderboard.Section(heading.replace("`", ""))
-        if inp.kind == "timesteps":
-            table = analysis.timestep_table(inp.rows, inp.density)
-            png = analysis.plot_timesteps(inp.rows, inp.density, cfg.out / f"{stem}.png") if cfg.plots else None
-            comments = summary_lines({inp.path.name: inp.protocol}) if inp.protocol else []
-            if inp.density is None:
-                comments.append(f"No {inp.path.parent / 'density.json'} beside it: no sampling pdf.")
-        else:
-            metrics = resolved_metrics[str(inp.path)]
-            directions = metric_directions(metrics, [inp.protocol])
-            table = analysis.noise_table(inp.rows, metrics, directions)
-            png = analysis.plot_noise(inp.rows, metrics, directions, cfg.out / f"{stem}.png") if cfg.plots else None
-            comments = summary_lines({inp.path.name: inp.protocol}) if inp.protocol else []
-        links = write_tables(table, stem, comments)
-        index += ["", f"## {heading}", ""]
-        if png is not None:
-            files.append(png)
-            section.images.append(png)
-            index += [f"![]({png.name})", ""]
-        if len(table.labels) <= INLINE_ROWS:
-            index += [T.to_markdown(table), ""]
-        index += ["Table: " + " · ".join(links), ""] if links else []
-        if comments and inp.protocol:
-            index += ["Protocol:", ""]
-        index += [f"- {c}" for c in comments]
-        section.tables.append(table)
-        section.items += comments
-        html_sections.append(section)
+        lines, section = _analysis_part(cfg, writer, inp, stem, resolved_metrics.get(str(inp.path), []))
+        index += lines
+        sections.append(section)
 
     if "html" in cfg.formats:
-        write("leaderboard.html", leaderboard.page(cfg.title, html_sections))
-    write("index.md", "\n".join(index).rstrip() + "\n")
+        writer.write("leaderboard.html", leaderboard.page(cfg.title, sections))
+    writer.write("index.md", "\n".join(index).rstrip() + "\n")
     record = _resolved(cfg, inputs, resolved_metrics)
-    record["outputs"] = sorted({p.name for p in files} | {"report.json"})
-    write("report.json", json.dumps(record, indent=1) + "\n")
-    return ReportResult(files=files, leaderboard_markdown=board_md)
+    record["outputs"] = sorted({p.name for p in writer.files} | {"report.json"})
+    writer.write("report.json", json.dumps(record, indent=1) + "\n")
+    return ReportResult(files=writer.files, leaderboard_markdown=board_md)
+
+
+def _results_part(cfg: ReportConfig, writer: _Writer, results: list[Input], rows: pd.DataFrame,
+                  metrics: list[str]) -> tuple[list[str], list[Section], str]:
+    """The leaderboard from the merged results rows: its files, index lines, page sections and Markdown."""
+    from cascadevsr.reports import leaderboard, plots
+    from cascadevsr.reports import tables as T
+    from cascadevsr.reports.protocol import metric_directions, summary_lines
+
+    protocols = [i.protocol for i in results]
+    directions = metric_directions(metrics, protocols)
+    board = T.leaderboard_table(rows, metrics, directions, _reported_runtimes(protocols))
+    proto = summary_lines({i.path.name: i.protocol for i in results})
+    board_md = T.to_markdown(board)
+    links = writer.tables(board, "leaderboard", proto)
+    if "html" in cfg.formats:
+        links.append("[HTML](leaderboard.html)")
+    index = ["", "## Leaderboard", "", board_md, ""] + (["Also as: " + " · ".join(links), ""] if links else [])
+    section = leaderboard.Section("Leaderboard", tables=[board])
+    extra = []
+    if cfg.baseline is not None:
+        extra.append((T.baseline_table(board, cfg.baseline), f"vs_{_safe(cfg.baseline)}"))
+    if cfg.per_clip:
+        extra.append((T.per_clip_table(rows, metrics, directions), "per_clip"))
+    for table, stem in extra:
+        more = writer.tables(table, stem, [])
+        index += [f"### {table.title}", "", T.to_markdown(table), "", " · ".join(more), ""]
+        section.tables.append(table)
+    if cfg.plots:
+        made = [plots.bars(board, cfg.out / "bars.png", cfg.baseline),
+                plots.quality_vs_speed(board, cfg.out / "quality_vs_speed.png")]
+        for png in (p for p in made if p is not None):
+            writer.files.append(png)
+            section.images.append(png)
+            index += [f"![]({png.name})", ""]
+    index += ["### Protocol", "", *[f"- {line}" for line in proto]]
+    return index, [section, leaderboard.Section("Protocol", items=proto)], board_md
+
+
+def _analysis_part(cfg: ReportConfig, writer: _Writer, inp: Input, stem: str,
+                   metrics: list[str]) -> tuple[list[str], Section]:
+    """The figure and table of one analysis input: its files, index lines and page section."""
+    from cascadevsr.reports import analysis, leaderboard
+    from cascadevsr.reports import tables as T
+    from cascadevsr.reports.protocol import metric_directions, summary_lines
+
+    heading = f"{KIND_TITLES[inp.kind].capitalize()} (`{inp.path.name}`)"
+    section = leaderboard.Section(heading.replace("`", ""))
+    comments = summary_lines({inp.path.name: inp.protocol}) if inp.protocol else []
+    png = cfg.out / f"{stem}.png"
+    if inp.kind == "timesteps":
+        table = analysis.timestep_table(inp.rows, inp.density)
+        if cfg.plots:
+            analysis.plot_timesteps(inp.rows, inp.density, png)
+        if inp.density is None:
+            comments.append(f"No {inp.path.parent / 'density.json'} beside it: no sampling pdf.")
+    else:
+        directions = metric_directions(metrics, [inp.protocol])
+        table = analysis.noise_table(inp.rows, metrics, directions)
+        if cfg.plots:
+            analysis.plot_noise(inp.rows, metrics, directions, png)
+    links = writer.tables(table, stem, comments)
+    index = ["", f"## {heading}", ""]
+    if cfg.plots:
+        writer.files.append(png)
+        section.images.append(png)
+        index += [f"![]({png.name})", ""]
+    if len(table.labels) <= INLINE_ROWS:
+        index += [T.to_markdown(table), ""]
+    index += ["Table: " + " · ".join(links), ""] if links else []
+    index += (["Protocol:", ""] if inp.protocol else []) + [f"- {c}" for c in comments]
+    section.tables.append(table)
+    section.items += comments
+    return index, section
 
 
 def _reported_runtimes(protocols: list[dict[str, Any]]) -> dict[str, float]:
@@ -304,7 +340,7 @@ def _unique(stem: str, taken: set[str]) -> str:
     return out
 
 
-def _resolved(cfg: ReportConfig, inputs: list, metrics: dict[str, list[str]]) -> dict[str, Any]:
+def _resolved(cfg: ReportConfig, inputs: list[Input], metrics: dict[str, list[str]]) -> dict[str, Any]:
     """The command as run, with every default filled in, and what each input was read as."""
     argv = ["cascadevsr", "report", *[str(p.resolve()) for p in cfg.inputs], "--out", str(cfg.out.resolve()),
             "--format", ",".join(cfg.formats)]
