@@ -80,13 +80,19 @@ def pipeline_rate(cfg, batches: int) -> float:
     stream = BatchStream(make_dataset(urls, cfg, rank=0, world_size=1, seed=0, flips=True, cache_dir=cache,
                                       use_stored=False, per_worker=per_worker), cfg.micro_batch,
                          cfg.data.num_workers)
-    # Worker start-up and the codec's first call (a VAE's kernel set-up) are not throughput.
-    batch_latents(next(stream), codec, torch.device("cpu"))
-    t = time.perf_counter()
-    for _ in range(batches - 1):
+    threads = torch.get_num_threads()
+    # The trainer's thread count, so the encode here runs as it does in a training step.
+    torch.set_num_threads(cfg.cpu_threads or threads)
+    try:
+        # Worker start-up and the codec's first call (a VAE's kernel set-up) are not throughput.
         batch_latents(next(stream), codec, torch.device("cpu"))
-    rate = (batches - 1) / (time.perf_counter() - t)
-    stream.close()
+        t = time.perf_counter()
+        for _ in range(batches - 1):
+            batch_latents(next(stream), codec, torch.device("cpu"))
+        rate = (batches - 1) / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+        stream.close()
     return rate
 
 
