@@ -104,7 +104,7 @@ def plot_timesteps(rows: pd.DataFrame, density: dict[str, list[float]] | None, o
     ax.legend(handles, labels, fontsize=8, loc="upper right")
     ax.set_title("Detail variation over the sampling steps")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -169,6 +169,6 @@ def plot_noise(rows: pd.DataFrame, metrics: list[str], directions: dict[str, boo
         axes[j // cols][j % cols].axis("off")
     fig.suptitle("Noise augmentation: metric against test noise level per training range")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out

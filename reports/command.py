@@ -205,9 +205,10 @@ def build_report(cfg: ReportConfig) -> ReportResult:
                         f"{', '.join(methods)}.")
     resolved_metrics: dict[str, list[str]] = {}
     if rows is not None:
-        resolved_metrics["results"] = _pick_metrics(cfg.metrics, T.score_metrics(rows))
+        order = [m for i in results for m in i.metric_order]
+        resolved_metrics["results"] = _pick_metrics(cfg.metrics, T.score_metrics(rows, order))
     for inp in (i for i in inputs if i.kind == "noise_aug"):
-        resolved_metrics[str(inp.path)] = _pick_metrics(cfg.metrics, T.score_metrics(inp.rows))
+        resolved_metrics[str(inp.path)] = _pick_metrics(cfg.metrics, T.score_metrics(inp.rows, inp.metric_order))
         if not resolved_metrics[str(inp.path)]:
             raise UserError(f"{inp.path} holds none of the metrics asked for with --metrics.")
 

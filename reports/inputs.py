@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class Input:
         rows: its rows, with the column types of its kind.
         protocol: the evaluation protocol it records (empty when it records none).
         density: the timestep analysis' sampling density (``timesteps`` only; None when absent).
+        metric_order: the metrics in the order the run was asked for (from ``FILE.config.json`` beside it,
+            which evaluation runs and sweeps write); empty when unknown.
     """
 
     path: Path
@@ -58,6 +60,7 @@ class Input:
     rows: pd.DataFrame
     protocol: dict[str, Any]
     density: dict[str, list[float]] | None = None
+    metric_order: list[str] = field(default_factory=list)
 
 
 def read_input(path: str | Path) -> Input:
@@ -79,9 +82,10 @@ def read_input(path: str | Path) -> Input:
         rows = _results_types(rows)
         rows["train_range"] = rows["train_range"].astype("string")
         rows["test_level"] = rows["test_level"].astype("float64")
-        return Input(path, "noise_aug", rows, protocol)
+        return Input(path, "noise_aug", rows, protocol, metric_order=_metric_order(path))
     if set(RESULTS_COLUMNS) <= cols:
-        return Input(path, "results", _results_types(table.to_pandas())[list(RESULTS_COLUMNS)], protocol)
+        rows = _results_types(table.to_pandas())[list(RESULTS_COLUMNS)]
+        return Input(path, "results", rows, protocol, metric_order=_metric_order(path))
     if set(TIMESTEP_COLUMNS) <= cols:
         rows = table.to_pandas().astype({"clip": "string", "step": "int64", "t_from": "float64",
                                          "t_to": "float64", "variation": "float64"})
@@ -107,6 +111,16 @@ def _protocol(table: pa.Table, path: Path) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise UserError(f"{beside} is not valid JSON ({err.msg} at line {err.lineno}).") from None
     return {}
+
+
+def _metric_order(path: Path) -> list[str]:
+    """The ``metrics`` list of the run's ``FILE.config.json``, or [] (the rows are stored sorted by name)."""
+    config = path.with_name(path.name + ".config.json")
+    try:
+        metrics = json.loads(config.read_text()).get("metrics") if config.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        return []  # an unreadable side file only loses the column order
+    return [str(m) for m in metrics] if isinstance(metrics, list) else []
 
 
 def _density(path: Path) -> dict[str, list[float]] | None:

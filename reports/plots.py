@@ -70,7 +70,7 @@ def bars(table: Table, out: Path, baseline: str | None = None) -> Path:
         axes[j // cols][j % cols].axis("off")
     fig.suptitle("Leaderboard (best in orange" + (f"; dashed line: {baseline})" if baseline in methods else ")"))
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -106,6 +106,6 @@ def quality_vs_speed(table: Table, out: Path) -> Path | None:
         axes[j // cols][j % cols].axis("off")
     fig.suptitle("Quality against speed")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out

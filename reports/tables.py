@@ -6,9 +6,10 @@ method × metric, the difference to a baseline method); renderers turn a table i
 a table is read from the rows, never recomputed from outputs.
 
 Numbers: a column shows as many decimals as its smallest non-zero magnitude needs for four significant
-digits (at least two). The best cell of a column is bold, judged by the column's direction (↑ higher is
-better, ↓ lower is better); cells that print the same as the best are bold too. A column whose direction is
-unknown (a metric from another tool) has no arrow and no bold cell.
+digits (at least two, at most six; cell by cell when the column spans more than three decades). The best
+cell of a column is bold, judged by the column's direction (↑ higher is better, ↓ lower is better); cells
+that print the same as the best are bold too. A column whose direction is unknown (a metric from another
+tool) has no arrow and no bold cell.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def clip_means(rows: pd.DataFrame, by: tuple[str, ...] = ("method", "clip", "met
     return pd.concat([clip_level, extra], ignore_index=True)
 
 
-def score_metrics(rows: pd.DataFrame) -> list[str]:
-    """The metrics of ``rows`` that are scores, in order of first appearance (not runtime or alignment)."""
-    names = list(dict.fromkeys(rows["metric"].tolist()))
+def score_metrics(rows: pd.DataFrame, order: list[str] | None = None) -> list[str]:
+    """The metrics of ``rows`` that are scores (not runtime or alignment): those in ``order`` first, in that
+    order, then the others in order of first appearance."""
+    seen = list(dict.fromkeys(rows["metric"].tolist()))
+    names = [n for n in order or [] if n in seen] + [n for n in seen if n not in (order or [])]
     return [n for n in names if n not in NOT_SCORES and n != RUNTIME_METRIC]
 
 
@@ -177,13 +180,21 @@ def decimals(values: np.ndarray) -> int:
 
 
 def cell_texts(table: Table) -> list[list[str]]:
-    """The printed numbers of every cell (``–`` for a missing value), without marks or bolding."""
+    """The printed numbers of every cell (``–`` for a missing value), without marks or bolding.
+
+    A column whose magnitudes span more than three decades (runtimes of an interpolation and of a diffusion
+    model) gets its decimals cell by cell, so no cell shows a long run of insignificant digits.
+    """
     out = [["" for _ in table.columns] for _ in table.labels]
     for c in range(len(table.columns)):
-        d = decimals(table.values[:, c])
+        col = table.values[:, c]
+        mags = np.abs(col[np.isfinite(col) & (col != 0)])
+        per_cell = mags.size > 1 and mags.max() / mags.min() > 1e3
+        d = decimals(col)
         for r in range(len(table.labels)):
             v = table.values[r, c]
-            out[r][c] = "–" if not np.isfinite(v) else (f"{v:+.{d}f}" if table.signed else f"{v:.{d}f}")
+            dv = decimals(np.array([v])) if per_cell else d
+            out[r][c] = "–" if not np.isfinite(v) else (f"{v:+.{dv}f}" if table.signed else f"{v:.{dv}f}")
     return out
 
 
