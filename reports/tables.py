@@ -84,7 +84,8 @@ def score_metrics(rows: pd.DataFrame, order: list[str] | None = None) -> list[st
     """The metrics of ``rows`` that are scores (not runtime or alignment): those in ``order`` first, in that
     order, then the others in order of first appearance."""
     seen = list(dict.fromkeys(rows["metric"].tolist()))
-    names = [n for n in order or [] if n in seen] + [n for n in seen if n not in (order or [])]
+    first = [n for n in dict.fromkeys(order or []) if n in seen]
+    names = first + [n for n in seen if n not in first]
     return [n for n in names if n not in NOT_SCORES and n != RUNTIME_METRIC]
 
 

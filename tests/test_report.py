@@ -23,7 +23,7 @@ from cascadevsr.video import write_video
 # Two real crops of cityCC0, 3 frames of 96×192; LR from the realesrgan preset at ×4.
 CLIPS = {"city_a": (40, 150, 300), "city_b": (100, 220, 420)}
 SIZE = (96, 192)
-METRICS = "psnr,ssim,tdiff"  # tdiff is lower-is-better
+METRICS = "ssim,tdiff,psnr"  # tdiff is lower-is-better; not in name order, which is how rows are stored
 
 
 def _write_clips(folder: Path, clips: dict[str, np.ndarray]) -> Path:
@@ -86,7 +86,7 @@ def test_markdown_table_holds_the_clip_means_of_the_results(runs, report):
     table = _markdown_table(text.split("\n", 2)[2]).set_index("method")
     expected = _clip_means(runs["a"], runs["b"])
     assert list(table.index) == ["bicubic", "lanczos", "blur_x4"]
-    assert list(table.columns) == ["psnr ↑", "ssim ↑", "tdiff ↓", "runtime_s_per_frame ↓"]
+    assert list(table.columns) == ["ssim ↑", "tdiff ↓", "psnr ↑", "runtime_s_per_frame ↓"]  # as asked
     for col in table.columns:
         metric = col.split()[0]
         for method, cell in table[col].items():
@@ -162,7 +162,7 @@ def test_plots_are_non_empty_pngs_and_index_links_every_output(report):
     record = json.loads((report / "report.json").read_text())
     assert record["command"][:2] == ["cascadevsr", "report"] and "--per-clip" in record["command"]
     assert record["command"][record["command"].index("--baseline") + 1] == "bicubic"
-    assert record["metrics"]["results"] == ["psnr", "ssim", "tdiff"]
+    assert record["metrics"]["results"] == ["ssim", "tdiff", "psnr"]
     assert {i["kind"] for i in record["inputs"]} == {"results"}
 
 
@@ -179,7 +179,7 @@ def test_mixed_protocols_are_refused_unless_allowed(runs, tmp_path, capsys):
     assert main(["report", str(runs["b"]), str(runs["c"]), "--out", str(tmp_path / "r"),
                  "--allow-mixed-protocols", "--format", "md"]) == 0
     text = (tmp_path / "r" / "leaderboard.md").read_text()
-    assert "0 px (applies to psnr, ssim) (b.parquet); 4 px" in text
+    assert "0 px (applies to ssim, psnr) (b.parquet); 4 px" in text
 
 
 def test_bad_input_is_one_sentence_and_exit_2(runs, tmp_path, capsys):
