@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -139,9 +140,17 @@ def measure(mode: str, cfg, args: argparse.Namespace, run: Path, codec_info: dic
 
 def main() -> None:
     args = parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="train-step-"))
+    try:
+        run_all(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # corpus, caches and a ~500 MB VAE for --codec wan-arch
+
+
+def run_all(args: argparse.Namespace, tmp: Path) -> None:
+    """Build the corpus, then measure both latent modes in ``tmp`` and print the JSON lines."""
     from cascadevsr.train.config import load_config
 
-    tmp = Path(tempfile.mkdtemp(prefix="train-step-"))
     t0 = time.perf_counter()
     corpus = Path(args.corpus) if args.corpus else build(tmp / "corpus", args.hr, args.frames,
                                                          args.clips_per_video)

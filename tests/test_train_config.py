@@ -36,6 +36,17 @@ def test_yaml_files_and_set_overrides_load_into_the_tree(tmp_path):
     assert load_config("tiny", overrides=["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML would read "1e-4" as text
 
 
+def test_a_vae_codec_sets_the_models_latent_channels_from_its_folder(tmp_path):
+    import diffusers
+
+    folder = tmp_path / "wan-vae"
+    diffusers.AutoencoderKLWan(base_dim=8, z_dim=6, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               attn_scales=[], temperal_downsample=[False, True, True]).save_pretrained(folder)
+    cfg = load_config("tiny", overrides=[f"model.codec={{name: wan, path: {folder}}}", "data.crop_size=16"])
+    # The tiny preset's 48 pixel-codec channels must not survive: the model is built for the VAE's latents.
+    assert cfg.model.latent_channels == 6
+
+
 @pytest.mark.parametrize(("overrides", "named"), [
     (["optim.lrr=1"], ["optim.lrr: unknown key (did you mean 'lr'?)"]),
     (["model.foo=2"], ["model.foo: unknown key"]),
