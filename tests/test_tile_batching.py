@@ -12,11 +12,14 @@ at a rounding boundary may land either side).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import real_crop
 
+from cascadevsr.cli import main as cli_main
 from cascadevsr.errors import UserError
 from cascadevsr.latent import make_codec
 from cascadevsr.train.inference import (
@@ -29,6 +32,7 @@ from cascadevsr.train.inference import (
     upscale_stream,
 )
 from cascadevsr.train.model import build_model, model_config, save_checkpoint
+from cascadevsr.video import read_frames, write_video
 
 TILING = {"steps": 2, "window": 2, "window_overlap": 1, "tile": 12, "tile_overlap": 4}
 CHUNKS = 2 * 4 * 6  # windows x tile rows x tile columns per Euler step
@@ -115,6 +119,23 @@ def test_checkpoint_method_batches_tiles_with_the_same_result(lr_city, tmp_path)
     batched, one = default(lr_city, (64, 96)), single(lr_city, (64, 96))
     assert one.shape == (9, 64, 96, 3)
     assert np.abs(batched.astype(int) - one.astype(int)).max() <= 1
+
+
+def test_upscale_command_takes_tile_batch_and_records_it(lr_city, tmp_path):
+    path, lr_video = tmp_path / "checkpoint.pt", tmp_path / "lr.mkv"
+    save_checkpoint(path, random_model())
+    write_video(lr_video, lr_city, fps=25, codec="ffv1")
+    tiling = ["--steps", "2", "--window", "2", "--window-overlap", "1", "--tile", "12", "--tile-overlap", "4",
+              "--codec", "ffv1"]
+    outs = {}
+    for batch in ("1", "5"):
+        out = tmp_path / f"hr-{batch}.mkv"
+        assert cli_main(["upscale", str(lr_video), "--checkpoint", str(path), "--out", str(out), *tiling,
+                         "--tile-batch", batch]) == 0
+        assert json.loads(out.with_name(out.stem + ".config.json").read_text())["inference"]["tile_batch"] == int(batch)
+        outs[batch] = read_frames(out)
+    assert outs["1"].shape == (9, 64, 96, 3)
+    assert np.abs(outs["5"].astype(int) - outs["1"].astype(int)).max() <= 1
 
 
 def test_tile_batch_must_be_positive():
