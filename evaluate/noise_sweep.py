@@ -41,8 +41,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from cascadevsr import __version__
@@ -50,13 +48,13 @@ from cascadevsr.errors import UserError
 from cascadevsr.evaluate.clips import Clip, discover
 from cascadevsr.evaluate.metrics import Metric, create_metric, metric_spec
 from cascadevsr.evaluate.run import COLUMNS as EVAL_COLUMNS
-from cascadevsr.evaluate.run import PROTOCOL_KEY, parts_dir, score_clip, write_results
+from cascadevsr.evaluate.run import DTYPES as EVAL_DTYPES
+from cascadevsr.evaluate.run import parts_dir, read_rows, score_clip, write_results
 
 log = logging.getLogger(__name__)
 
 COLUMNS = (*EVAL_COLUMNS, "train_range", "test_level")
-DTYPES = {"method": "string", "clip": "string", "frame": "Int64", "metric": "string", "value": "float64",
-          "train_range": "string", "test_level": "float64"}
+DTYPES = {**EVAL_DTYPES, "train_range": "string", "test_level": "float64"}
 FORMAT = "cascadevsr.noise_sweep/1"
 LR_PREFIX = "lr_"
 DEFAULT_LEVELS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
@@ -268,17 +266,7 @@ def _empty_rows() -> pd.DataFrame:
 
 def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows and protocol of a noise-sweep results file."""
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise UserError(f"cannot read results file {path}: {err}.") from None
-    missing = set(COLUMNS) - set(table.column_names)
-    if missing:
-        raise UserError(f"{path} is not a noise-sweep results file (no column(s) {sorted(missing)}).")
-    raw = (table.schema.metadata or {}).get(PROTOCOL_KEY)
-    df = table.to_pandas().astype(DTYPES)
-    return df[list(COLUMNS)], json.loads(raw) if raw else {}
+    return read_rows(path, DTYPES, "noise-sweep results")
 
 
 def _load_existing(out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:

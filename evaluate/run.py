@@ -47,6 +47,7 @@ from cascadevsr.evaluate.metrics import Metric, create_metric, metric_spec
 log = logging.getLogger(__name__)
 
 COLUMNS = ("method", "clip", "frame", "metric", "value")
+DTYPES = {"method": "string", "clip": "string", "frame": "Int64", "metric": "string", "value": "float64"}
 PROTOCOL_KEY = b"cascadevsr.protocol"
 ALIGN_METRICS = ("align_dx", "align_dy")
 RUNTIME_METRIC = "runtime_s_per_frame"
@@ -161,17 +162,14 @@ def parts_dir(out: Path) -> Path:
 
 
 def _empty_rows() -> pd.DataFrame:
-    return pd.DataFrame({"method": pd.Series(dtype="string"), "clip": pd.Series(dtype="string"),
-                         "frame": pd.Series(dtype="Int64"), "metric": pd.Series(dtype="string"),
-                         "value": pd.Series(dtype="float64")})
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})
 
 
 def _as_rows(records: list[tuple[str, str, int | None, str, float]]) -> pd.DataFrame:
     if not records:
         return _empty_rows()
     df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    return df.astype({"method": "string", "clip": "string", "frame": "Int64", "metric": "string",
-                      "value": "float64"})
+    return df.astype(DTYPES)
 
 
 def write_results(df: pd.DataFrame, path: Path, protocol: dict[str, Any] | None) -> None:
@@ -185,21 +183,25 @@ def write_results(df: pd.DataFrame, path: Path, protocol: dict[str, Any] | None)
     os.replace(tmp, path)
 
 
-def read_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Rows and protocol of a results parquet file."""
+def read_rows(path: str | Path, dtypes: dict[str, str], kind: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Rows (the columns of ``dtypes``, in that order and with those types) and protocol of a parquet file;
+    ``kind`` names the file in the error raised when it is unreadable or lacks a column."""
     path = Path(path)
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as err:
         raise UserError(f"cannot read results file {path}: {err}.") from None
-    missing = set(COLUMNS) - set(table.column_names)
+    missing = set(dtypes) - set(table.column_names)
     if missing:
-        raise UserError(f"{path} is not a cascadevsr results file (no column(s) {sorted(missing)}).")
+        raise UserError(f"{path} is not a {kind} file (no column(s) {sorted(missing)}).")
     raw = (table.schema.metadata or {}).get(PROTOCOL_KEY)
     protocol = json.loads(raw) if raw else {}
-    df = table.to_pandas().astype({"method": "string", "clip": "string", "frame": "Int64",
-                                   "metric": "string", "value": "float64"})
-    return df[list(COLUMNS)], protocol
+    return table.to_pandas().astype(dtypes)[list(dtypes)], protocol
+
+
+def read_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Rows and protocol of a results parquet file."""
+    return read_rows(path, DTYPES, "cascadevsr results")
 
 
 def _load_existing(out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cascadevsr.reports.inputs import TIMESTEP_MEAN_CLIP
-from cascadevsr.reports.plots import axis_label, pyplot
+from cascadevsr.reports.plots import axis_label, pyplot, save_figure
 from cascadevsr.reports.tables import Column, Table, clip_means
 
 # ------------------------------------------------------------------------------------------ timesteps
@@ -103,10 +103,7 @@ def plot_timesteps(rows: pd.DataFrame, density: dict[str, list[float]] | None, o
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="upper right")
     ax.set_title("Detail variation over the sampling steps")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 # ------------------------------------------------------------------------------------ noise augmentation
@@ -165,10 +162,5 @@ def plot_noise(rows: pd.DataFrame, metrics: list[str], directions: dict[str, boo
         ax.grid(alpha=0.3)
         if k == 0:
             ax.legend(fontsize=8)
-    for j in range(len(metrics), nrows * cols):
-        axes[j // cols][j % cols].axis("off")
-    fig.suptitle("Noise augmentation: metric against test noise level per training range")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, "Noise augmentation: metric against test noise level per training range", axes,
+                       len(metrics))

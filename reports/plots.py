@@ -36,6 +36,20 @@ def log_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def save_figure(fig, out: Path, title: str | None = None, axes=None, used: int = 0) -> Path:
+    """Blank the unused panels of a grid (``axes[r][c]`` after the first ``used``), title, save, close."""
+    if axes is not None:
+        cols = len(axes[0])
+        for j in range(used, len(axes) * cols):
+            axes[j // cols][j % cols].axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+    return out
+
+
 def bars(table: Table, out: Path, baseline: str | None = None) -> Path:
     """One horizontal bar panel per column of a method × metric table; the best bar is highlighted and a
     dashed line marks ``baseline``'s value. Methods keep the table's order so panels read alike."""
@@ -66,13 +80,8 @@ def bars(table: Table, out: Path, baseline: str | None = None) -> Path:
             log_axis(ax)
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.18)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    fig.suptitle("Leaderboard (best in orange" + (f"; dashed line: {baseline})" if baseline in methods else ")"))
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    title = "Leaderboard (best in orange" + (f"; dashed line: {baseline})" if baseline in methods else ")")
+    return save_figure(fig, out, title, axes, n)
 
 
 def quality_vs_speed(table: Table, out: Path) -> Path | None:
@@ -102,10 +111,4 @@ def quality_vs_speed(table: Table, out: Path) -> Path | None:
         ax.set_ylabel(axis_label(col.name, col.higher_is_better))
         ax.grid(alpha=0.3)
         ax.margins(x=0.25, y=0.15)
-    for j in range(len(metrics), rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    fig.suptitle("Quality against speed")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, "Quality against speed", axes, len(metrics))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,30 @@ def clip_path(name: str):
     if not path.exists():
         pytest.fail(f"real clip {name} is not in {clips_dir()}; run `cascadevsr fetch-data` first")
     return path
+
+
+def shard_with_a_broken_sample(corpus: Path, out: Path) -> Path:
+    """A shard of the first two shards' samples with, in the middle, a copy of the first sample whose HR
+    video is garbage (key ``broken-clip``): what a loader must skip or report."""
+    import io
+    import tarfile
+
+    from cascadevsr.datasets.builder import corpus_shards
+
+    members: list[tuple[str, bytes]] = []
+    for path in corpus_shards(corpus)[:2]:
+        with tarfile.open(path) as tar:
+            members += [(m.name, tar.extractfile(m).read()) for m in tar]
+    key = members[0][0].split(".")[0]
+    broken = [(n.replace(key, "broken-clip"), b"\x00not a video" * 50 if n.endswith("hr.mp4") else data)
+              for n, data in members if n.startswith(key + ".")]
+    half = len(members) // 2
+    with tarfile.open(out, "w") as tar:
+        for name, data in members[:half] + broken + members[half:]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
 
 
 def real_crop(name: str, start: int, count: int, top: int, left: int, size: tuple[int, int]) -> np.ndarray:

@@ -4,15 +4,13 @@ stream."""
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clip_path
+from conftest import clip_path, shard_with_a_broken_sample
 
-from cascadevsr.datasets.builder import build_corpus, corpus_shards
+from cascadevsr.datasets.builder import build_corpus
 from cascadevsr.datasets.config import CorpusConfig
 from cascadevsr.datasets.loader import Epoch, decode_pair, pair_dataset, sample_seed, worker_info
 from cascadevsr.errors import UserError
@@ -61,26 +59,8 @@ def test_a_pairs_stage_splits_ranks_like_the_default_pipeline(corpus):
         assert hooked == plain and len(plain) == 2
 
 
-def with_broken_sample(corpus: Path, out: Path) -> Path:
-    """One shard: a good sample, one whose HR video is garbage, another good sample."""
-    members: list[tuple[str, bytes]] = []
-    for path in corpus_shards(corpus)[:2]:
-        with tarfile.open(path) as tar:
-            members += [(m.name, tar.extractfile(m).read()) for m in tar]
-    key = members[0][0].split(".")[0]
-    broken = [(n.replace(key, "broken-clip"), b"\x00garbage" * 64 if n.endswith("hr.mp4") else data)
-              for n, data in members if n.startswith(key + ".")]
-    half = len(members) // 2
-    with tarfile.open(out, "w") as tar:
-        for name, data in members[:half] + broken + members[half:]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out
-
-
 def test_a_function_handler_is_told_which_sample_failed_and_decides(corpus, tmp_path):
-    shard = str(with_broken_sample(corpus, tmp_path / "mixed.tar"))
+    shard = str(shard_with_a_broken_sample(corpus, tmp_path / "mixed.tar"))
     errors: list[BaseException] = []
 
     def skip(err: BaseException) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import clip_path
+from conftest import clip_path, shard_with_a_broken_sample
 
 from cascadevsr.datasets.builder import build_corpus, corpus_shards
 from cascadevsr.datasets.config import CorpusConfig
@@ -163,26 +163,8 @@ def test_ray_train_with_two_workers_completes(corpus, tmp_path):
 # ---------------------------------------------------------------------------------------- bad input
 
 
-def corrupt_shard(corpus: Path, out: Path) -> Path:
-    """A shard holding two good samples and, between them, one whose HR video is garbage."""
-    members: list[tuple[str, bytes]] = []
-    for path in corpus_shards(corpus)[:2]:
-        with tarfile.open(path) as tar:
-            members += [(m.name, tar.extractfile(m).read()) for m in tar]
-    key = members[0][0].split(".")[0]
-    broken = [(n.replace(key, "broken-clip"), b"\x00not a video" * 50 if n.endswith("hr.mp4") else data)
-              for n, data in members if n.startswith(key + ".")]
-    half = len(members) // 2
-    with tarfile.open(out, "w") as tar:
-        for name, data in members[:half] + broken + members[half:]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out
-
-
 def test_a_corrupt_sample_is_skipped_and_counted_and_training_goes_on(corpus, tmp_path):
-    shard = corrupt_shard(corpus, tmp_path / "mixed.tar")
+    shard = shard_with_a_broken_sample(corpus, tmp_path / "mixed.tar")
     run = tmp_path / "run"
     summary = train(config(shard, "steps=6", "val.every=0", "global_batch=2", "micro_batch=2",
                            "data.shuffle_buffer=1"), run, show_progress=False)
