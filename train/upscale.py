@@ -1,6 +1,7 @@
 """``cascadevsr upscale``: run a trained VSR checkpoint on a video (or an LR latent) and write the HR video.
 
     cascadevsr upscale --checkpoint CKPT INPUT --out OUT.mp4 [--steps 50] [--noise-level s] [--seed 0]
+                       [--tile-batch 8]
 
 INPUT is a video file, or a ``.npy`` LR latent ``(C, t, h, w)`` in the checkpoint codec's space (the
 cascade's own case: the base model's latent goes straight in; it is upscaled as one segment).
