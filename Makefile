@@ -34,9 +34,10 @@ demo: data
 lint: install
 	$(BIN)/ruff check .
 
+BENCH ?= --all --quick
+
 bench: data
-	$(BIN)/python benchmarks/degrade_throughput.py
-	$(BIN)/python benchmarks/flow_throughput.py
+	$(BIN)/cascadevsr bench $(BENCH) --out bench.jsonl
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

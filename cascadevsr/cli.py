@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cascadevsr.evaluate.command", "score methods' outputs against ground truth into parquet"),
     "analyze": ("cascadevsr.evaluate.analyze_command", "timestep detail analysis and noise-augmentation sweep"),
     "report": ("cascadevsr.reports.command", "tables, plots and an HTML leaderboard from results parquet"),
+    "bench": ("cascadevsr.bench", "list and run the benchmarks of a source checkout, collecting their JSON lines"),
     "demo": ("cascadevsr.reports.demo", "run the end-to-end demo on real clips"),
 }
 
