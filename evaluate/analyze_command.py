@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ts.add_argument("--cutoff", type=float, default=0.5,
                     help="high-pass cut-off on the normalised radial DCT frequency sqrt((u/H)²+(v/W)²) "
                          "(1 = Nyquist along one axis; default 0.5)")
+    ts.add_argument("--floor", type=float, default=0.0,
+                    help="weight of the uniform density mixed into the derived one, so every t keeps some "
+                         "training mass (default 0: the literal density, no mass on the last step's interval)")
     ts.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda, auto; default cpu)")
     ts.add_argument("--out", required=True, help="output folder")
 
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = TimestepConfig(checkpoint=Path(args.checkpoint).expanduser(), lr=[Path(p) for p in args.lr],
                              out=Path(args.out).expanduser(), steps=args.steps, noise_level=args.noise_level,
                              seed=args.seed, start=start, end=end, max_clips=args.max_clips, cutoff=args.cutoff,
-                             device=args.device)
+                             floor=args.floor, device=args.device)
         result = run_timestep_analysis(cfg)
         mean = result.rows[result.rows["clip"] == "mean"]
         peak = mean.loc[mean["variation"].idxmax()]

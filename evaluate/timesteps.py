@@ -127,6 +127,7 @@ class TimestepConfig:
         start, end: frame range ``[start, end)`` of every clip (end None = to the end).
         max_clips: analyse only the first N clips in name order (None = all).
         cutoff: high-pass cut-off on the normalised radial DCT frequency.
+        floor: weight of the uniform density mixed into the derived one (0 = the paper's literal density).
         device: torch device of the model.
     """
 
@@ -140,6 +141,7 @@ class TimestepConfig:
     end: int | None = None
     max_clips: int | None = None
     cutoff: float = 0.5
+    floor: float = 0.0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -151,6 +153,8 @@ class TimestepConfig:
         if not 0 <= self.cutoff < math.sqrt(2):
             problems.append(f"--cutoff must lie in [0, {math.sqrt(2):.4f}) (radial frequency, 1 = Nyquist "
                             f"along one axis), got {self.cutoff}")
+        if not 0 <= self.floor < 1:
+            problems.append(f"--floor must lie in [0, 1) (the uniform share of the density), got {self.floor}")
         if self.start < 0 or (self.end is not None and self.end <= self.start):
             problems.append(f"--frames: need 0 <= start < end, got {self.start}:{self.end}")
         if self.max_clips is not None and self.max_clips < 1:
@@ -253,9 +257,15 @@ def clip_variation(upscaler: Any, frames: np.ndarray, cutoff: float) -> tuple[li
     return grid, np.array(variations, dtype=np.float64), int(final.numel())
 
 
-def density_from_curve(grid: Sequence[float], variation: Sequence[float]) -> tuple[list[float], list[float]]:
+def density_from_curve(grid: Sequence[float], variation: Sequence[float],
+                       floor: float = 0.0) -> tuple[list[float], list[float]]:
     """Edges increasing from 0 to 1 (the grid reversed) and bin probabilities (the variation of the step
     over each bin, normalised to sum 1), the detail-aware sampler's piecewise-constant density.
+
+    ``floor`` mixes in the uniform density with that weight: ``(1 − floor)·detail + floor·uniform``. The
+    literal density (floor 0) gives no mass to the last interval [0, 1/N], whose variation is exactly 0, so a
+    model trained on it never sees those t; a floor keeps every t in training, e.g. for inference with
+    more steps than the analysis used.
 
     Raises:
         UserError: the variation is zero everywhere (an untrained model predicts the same x̂0 at every step).
@@ -265,7 +275,8 @@ def density_from_curve(grid: Sequence[float], variation: Sequence[float]) -> tup
         raise UserError("the checkpoint's x̂0 has no high-frequency change across the sampling steps "
                         "(all variations are 0), so no density can be derived; is the checkpoint trained?")
     edges = [float(t) for t in reversed(grid)]
-    pdf = (v / v.sum())[::-1]
+    widths = np.diff(np.asarray(edges, dtype=np.float64))
+    pdf = (1.0 - floor) * (v / v.sum())[::-1] + floor * widths / widths.sum()
     return edges, [float(p) for p in pdf]
 
 
@@ -305,7 +316,7 @@ def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
                  len(frames), curve.max(), int(curve.argmax()))
     mean = np.mean(curves, axis=0)
     records += [(MEAN_CLIP, k, grid[k], grid[k + 1], float(v)) for k, v in enumerate(mean)]
-    edges, pdf = density_from_curve(grid, mean)
+    edges, pdf = density_from_curve(grid, mean, cfg.floor)
 
     protocol = {
         "format": FORMAT,
@@ -324,7 +335,9 @@ def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
         "high_frequency": "coefficients (u, v) with sqrt((u/H)^2 + (v/W)^2) > cutoff",
         "variation": "RMS over the kept coefficients of H(x0_hat after the step) - H(x0_hat before it)",
         "density": {"file": "density.json", "edges": "the grid reversed (0 -> 1)",
-                    "pdf": "mean variation of the step over each bin, normalised to sum 1",
+                    "pdf": "mean variation of the step over each bin, normalised to sum 1, mixed with the "
+                           "uniform bin probabilities: (1 - floor) * detail + floor * uniform",
+                    "floor": cfg.floor,
                     "train": "cascadevsr train --set sampler=detail_aware "
                              "--set sampler_options.pdf_file=<out>/density.json"},
         "inference": upscaler.describe() | {"tile": upscaler.icfg.tile, "window": upscaler.icfg.window},

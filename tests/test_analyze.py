@@ -28,6 +28,7 @@ from cascadevsr.evaluate.timesteps import (
     COLUMNS,
     TimestepConfig,
     dct2,
+    density_from_curve,
     detail_variation,
     high_pass_mask,
     run_timestep_analysis,
@@ -222,8 +223,18 @@ def test_an_interrupted_sweep_resumes_and_computes_nothing_twice(fitted, tmp_pat
 # ------------------------------------------------------------------------------------------ bad input
 
 
+def test_a_floor_mixes_the_uniform_density_in_so_every_interval_keeps_mass():
+    grid = flow.timestep_grid(4)  # 1 -> 0
+    variation = [0.6, 0.3, 0.1, 0.0]  # the last step (the output) never changes x̂0
+    edges, literal = density_from_curve(grid, variation)
+    assert edges == sorted(edges) and literal == pytest.approx([0.0, 0.1, 0.3, 0.6])
+    _, floored = density_from_curve(grid, variation, floor=0.2)
+    assert floored == pytest.approx([0.05, 0.13, 0.29, 0.53]) and sum(floored) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("args, message", [
     (["timesteps", "--checkpoint", "{tmp}/none.pt", "--lr", "{lr}", "--out", "{tmp}/o"], "does not exist"),
+    (["timesteps", "--checkpoint", "{ckpt}", "--lr", "{lr}", "--floor", "1", "--out", "{tmp}/o"], "--floor"),
     (["timesteps", "--checkpoint", "{ckpt}", "--lr", "{lr}", "--cutoff", "1.5", "--out", "{tmp}/o"], "--cutoff"),
     (["noise-aug", "--checkpoint", "a={tmp}/none.pt", "--lr", "{lr}", "--metrics", "lr_psnr",
       "--out", "{tmp}/r.parquet"], "does not exist"),
