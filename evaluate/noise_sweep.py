@@ -49,7 +49,7 @@ from cascadevsr.evaluate.clips import Clip, discover
 from cascadevsr.evaluate.metrics import Metric, create_metric, metric_spec
 from cascadevsr.evaluate.run import COLUMNS as EVAL_COLUMNS
 from cascadevsr.evaluate.run import DTYPES as EVAL_DTYPES
-from cascadevsr.evaluate.run import parts_dir, read_rows, score_clip, write_results
+from cascadevsr.evaluate.run import empty_rows, load_run, parts_dir, read_rows, score_clip, write_results
 
 log = logging.getLogger(__name__)
 
@@ -260,30 +260,14 @@ def _scorable(m: SweepMetric, height: int, width: int) -> str | None:
 # ------------------------------------------------------------------------------------------ storage
 
 
-def _empty_rows() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})
-
-
 def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows and protocol of a noise-sweep results file."""
     return read_rows(path, DTYPES, "noise-sweep results")
 
 
 def _load_existing(out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    frames, protocol = [], {}
-    if out.exists():
-        df, protocol = read_sweep(out)
-        frames.append(df)
-    pdir = parts_dir(out)
-    if pdir.is_dir():
-        frames += [read_sweep(p)[0] for p in sorted(pdir.glob("*.parquet"))]
-        saved = pdir / "protocol.json"
-        if saved.exists():
-            protocol = _merge_protocol(protocol, json.loads(saved.read_text()))
-    if not frames:
-        return _empty_rows(), protocol
-    df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(["method", "test_level", "clip", "frame", "metric"], keep="last"), protocol
+    return load_run(out, DTYPES, "noise-sweep results", ["method", "test_level", "clip", "frame", "metric"],
+                    _merge_protocol)
 
 
 def _merge_protocol(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -502,7 +486,7 @@ def run_noise_sweep(cfg: SweepConfig,
 
 def _as_rows(records: list[tuple]) -> pd.DataFrame:
     if not records:
-        return _empty_rows()
+        return empty_rows(DTYPES)
     return pd.DataFrame.from_records(records, columns=list(COLUMNS)).astype(DTYPES)
 
 

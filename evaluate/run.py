@@ -161,13 +161,14 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def _empty_rows() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})
+def empty_rows(dtypes: dict[str, str] = DTYPES) -> pd.DataFrame:
+    """No rows, with the columns and types of ``dtypes``."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
 
 
 def _as_rows(records: list[tuple[str, str, int | None, str, float]]) -> pd.DataFrame:
     if not records:
-        return _empty_rows()
+        return empty_rows()
     df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     return df.astype(DTYPES)
 
@@ -204,22 +205,27 @@ def read_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return read_rows(path, DTYPES, "cascadevsr results")
 
 
-def _load_existing(out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def load_run(out: Path, dtypes: dict[str, str], kind: str, keys: list[str],
+             merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Rows and protocol of a resumable run: ``out`` if it exists plus the finished parts of an interrupted
+    run, the latest row winning per ``keys``; the parts' protocol is folded in with ``merge``."""
     frames, protocol = [], {}
     if out.exists():
-        df, protocol = read_results(out)
+        df, protocol = read_rows(out, dtypes, kind)
         frames.append(df)
     pdir = parts_dir(out)
     if pdir.is_dir():
-        for part in sorted(pdir.glob("*.parquet")):
-            frames.append(read_results(part)[0])
+        frames += [read_rows(part, dtypes, kind)[0] for part in sorted(pdir.glob("*.parquet"))]
         saved = pdir / "protocol.json"
         if saved.exists():
-            protocol = _merge_protocol(protocol, json.loads(saved.read_text()))
+            protocol = merge(protocol, json.loads(saved.read_text()))
     if not frames:
-        return _empty_rows(), protocol
-    df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(subset=["method", "clip", "frame", "metric"], keep="last"), protocol
+        return empty_rows(dtypes), protocol
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=keys, keep="last"), protocol
+
+
+def _load_existing(out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    return load_run(out, DTYPES, "cascadevsr results", ["method", "clip", "frame", "metric"], _merge_protocol)
 
 
 # ----------------------------------------------------------------------------------------- protocol
