@@ -3,10 +3,10 @@
 Current chain: for each shipped degradation preset, degrade 17 frames of a real clip (cityCC0: a night
 city pan with fine detail) into an LR/HR pair with a preview strip, build a small training corpus from the
 fetched clips, train the ``tiny`` preset on it briefly, upscale the held-out clips with it and score them
-against bicubic and Real-ESRGAN, report the scores with ``cascadevsr report``, run the timestep analysis of
-the checkpoint on the held-out LR clips (its detail-variation figure by the same report), then write ``index.md``
-(with the results table read back from parquet) listing what was made and how long each step took. It
-lives in ``reports`` because that stage may import every other.
+against bicubic and Real-ESRGAN, report the scores with ``cascadevsr report``, run the timestep analysis and
+a noise-augmentation sweep of the checkpoint on the held-out LR clips (their figures by the same report),
+then write ``index.md`` (with the results table read back from parquet) listing what was made and how long
+each step took. It lives in ``reports`` because that stage may import every other.
 """
 
 from __future__ import annotations
@@ -130,32 +130,40 @@ def evaluate_stage(out: Path, seed: int) -> list[str]:
 
 
 def analysis_stage(out: Path, seed: int, steps: int = 10) -> list[str]:
-    """The timestep analysis (SimpleGVR §4.3) of the trained checkpoint on the held-out LR clips, and its
-    figure by ``cascadevsr report``; its index lines."""
+    """The paper's two analyses of the trained checkpoint on the held-out LR clips — the timestep analysis
+    (SimpleGVR §4.3) and a noise-augmentation sweep (§4, one training range here) — and their figures by
+    ``cascadevsr report``; their index lines."""
     import shutil
 
     from cascadevsr.cli import main as cli_main
     from cascadevsr.reports.command import ReportConfig, build_report
 
-    folder = out / "analysis" / "timesteps"
     shutil.rmtree(out / "analysis", ignore_errors=True)
+    timesteps, sweep = out / "analysis" / "timesteps", out / "analysis" / "noise_sweep.parquet"
+    common = ["--lr", str(out / "eval" / "lr"), "--frames", "0:9", "--seed", str(seed)]
     t0 = time.perf_counter()
-    code = cli_main(["analyze", "timesteps", "--checkpoint", str(out / "train"), "--lr", str(out / "eval" / "lr"),
-                     "--steps", str(steps), "--frames", "0:9", "--seed", str(seed), "--out", str(folder)])
+    code = cli_main(["analyze", "timesteps", "--checkpoint", str(out / "train"), *common, "--steps", str(steps),
+                     "--out", str(timesteps)])
+    t1 = time.perf_counter()
+    code = code or cli_main(["analyze", "noise-aug", "--checkpoint", f"tiny={out / 'train'}", *common,
+                             "--gt", str(out / "eval" / "gt"), "--levels", "0,0.45,0.9", "--steps", "4",
+                             "--metrics", "lr_psnr,psnr", "--out", str(sweep)])
     if code:
         raise UserError("the analysis stage of the demo failed (see the message above).")
-    seconds = time.perf_counter() - t0
+    t2 = time.perf_counter()
     report = out / "analysis" / "report"
-    build_report(ReportConfig(inputs=[folder / "timesteps.parquet"], out=report, formats=["md", "csv"],
-                              title="cascadevsr demo: timestep analysis"))
+    build_report(ReportConfig(inputs=[timesteps / "timesteps.parquet", sweep], out=report, formats=["md", "csv"],
+                              title="cascadevsr demo: analyses"))
     figures = sorted(report.glob("*.png"))
-    return ["", "## Timestep analysis", "",
+    return ["", "## Analyses", "",
             f"`cascadevsr analyze timesteps` of the tiny checkpoint over {steps} Euler steps on the held-out LR "
-            f"clips in {seconds:.1f} s: how much the DCT high frequencies of the predicted clean latent change at "
+            f"clips in {t1 - t0:.1f} s: how much the DCT high frequencies of the predicted clean latent change at "
             "each step, and the detail-aware training density made from it (`analysis/timesteps/density.json`, "
-            "usable as `--set sampler=detail_aware --set sampler_options.pdf_file=...`). Report: "
-            "[`analysis/report/`](analysis/report/index.md). A 120-step tiny model is far from the paper's, so the "
-            "curve shows the mechanics, not the paper's finding.", "",
+            "usable as `--set sampler=detail_aware --set sampler_options.pdf_file=...`). `cascadevsr analyze "
+            f"noise-aug` in {t2 - t1:.1f} s: the same checkpoint at test noise levels 0, 0.45 and 0.9, scored "
+            "for LR consistency (`lr_psnr`: the output downsampled against the LR input) and against the ground "
+            "truth. Report: [`analysis/report/`](analysis/report/index.md). A 120-step tiny model is far from "
+            "the paper's, so the figures show the mechanics, not the paper's findings.", "",
             *[f"![]({p.relative_to(out)})" for p in figures]]
 
 
