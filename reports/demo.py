@@ -177,6 +177,15 @@ def report_stage(results: Path, folder: Path, metrics: list[str]) -> list[str]:
     return [result.leaderboard_markdown or "", "", f"![]({bars.relative_to(folder.parent.parent)})"]
 
 
+def needs_base_model(pipeline) -> bool:
+    """Whether a preset has a step that runs a base video model (SimpleGVR's model-guided degradation)."""
+    def ops(steps) -> list[str]:
+        return [name for step in steps
+                for name in ([step.op] if hasattr(step, "op") else [o for g in step.groups for o in ops(g)])]
+
+    return "model_guided" in ops(pipeline.steps)
+
+
 def run(args: argparse.Namespace) -> int:
     """Degrade a real clip with every preset and write an index of the results."""
     from cascadevsr.degrade.command import degrade_video
@@ -186,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
     if not clip.exists():
         raise UserError(f"the demo clip {clip} is missing; run `cascadevsr fetch-data` first.")
     out = Path(args.out)
-    presets = list_presets()
+    # A preset with a model-guided step needs a base video model's weights, which no offline package has.
+    presets = [p for p in list_presets() if not needs_base_model(load_preset(p))]
+    skipped = [p for p in list_presets() if p not in presets]
     print(f"demo: {clip.name} frames {args.frames}, presets {', '.join(presets)} -> {out}/", flush=True)
     rows = []
     for name in presets:
@@ -198,6 +209,10 @@ def run(args: argparse.Namespace) -> int:
              "| preset | description | LR size (h, w) | seconds | preview |", "|---|---|---|---|---|"]
     for name, desc, size, dt in rows:
         lines.append(f"| {name} | {desc} | {size[0]}x{size[1]} | {dt:.1f} | ![](degrade/{name}/preview.png) |")
+    if skipped:
+        lines += ["", f"Not run: {', '.join(f'`{p}`' for p in skipped)} (needs a base video model: "
+                      "`cascadevsr degrade --preset model_guided --base-model wan:DIR`; no base model's weights "
+                      "install offline)."]
     lines += corpus_stage(out, args.seed)
     lines += train_stage(out, args.seed)
     lines += evaluate_stage(out, args.seed)
