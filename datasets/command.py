@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     deg.add_argument("--seed", type=int, help="corpus seed (default 0)")
     deg.add_argument("--latent-codec", metavar="SPEC",
                      help="also store latents: pixel, NAME:PATH (local diffusers VAE) or a JSON spec")
+    deg.add_argument("--base-model", metavar="SPEC",
+                     help="base video model for the model_guided step: wan:DIR (DIR holds transformer/ and vae/)")
 
     filt = parser.add_argument_group("filters (SimpleGVR section 5.1)")
     filt.add_argument("--min-brightness", type=float, help="mean luma floor (default 20)")

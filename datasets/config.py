@@ -65,6 +65,9 @@ class CorpusConfig:
     latent_codec: str | None = None
     """Also store ``lr_latent.npy``/``hr_latent.npy`` from this codec (``cascadevsr.latent``): ``pixel``,
     ``NAME:PATH`` for a local diffusers VAE folder (``wan:/weights/wan-vae``), or a JSON spec."""
+    base_model: str | None = None
+    """Base video model for a preset's model-guided step (``cascadevsr.base_model.load_base_model``):
+    ``wan:DIR`` with diffusers ``transformer/`` and ``vae/`` in ``DIR``; each worker loads it once."""
     seed: int = 0
     """Corpus seed; every clip's seed derives from (seed, source path, frame range)."""
     samples_per_shard: int = 64
@@ -234,7 +237,8 @@ FLAGS: dict[str, str] = {
     "inputs": "--input", "out": "--out", "preset": "--preset", "clip_frames": "--clip-frames",
     "stride": "--stride", "max_clips_per_video": "--max-clips-per-video", "hr_size": "--hr-size",
     "hr_mode": "--hr-mode", "allow_upscale": "--allow-upscale", "scale": "--scale", "lr_size": "--lr-size",
-    "strength": "--strength", "latent_codec": "--latent-codec", "seed": "--seed",
+    "strength": "--strength", "latent_codec": "--latent-codec", "base_model": "--base-model",
+    "seed": "--seed",
     "samples_per_shard": "--samples-per-shard", "scene_cut_threshold": "--scene-cut-threshold",
     "min_brightness": "--min-brightness", "max_brightness": "--max-brightness",
     "min_laplacian_var": "--min-laplacian", "min_musiq": "--min-musiq", "musiq_weights": "--musiq-weights",
@@ -424,6 +428,9 @@ def _absolute_paths(merged: tuple[dict[str, Any], dict[str, str]]) -> tuple[dict
     values = dict(values)
     values["inputs"] = tuple(str(Path(p).expanduser().absolute()) for p in values["inputs"])
     values["out"] = str(Path(values["out"]).expanduser().absolute())
+    kind, sep, folder = (values.get("base_model") or "").partition(":")
+    if sep and folder:  # workers may run in another folder
+        values["base_model"] = f"{kind}:{Path(folder).expanduser().absolute()}"
     preset = values.get("preset")
     if preset and Path(preset).suffix in (".yaml", ".yml"):
         values["preset"] = str(Path(preset).expanduser().resolve())

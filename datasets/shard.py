@@ -164,8 +164,11 @@ def base_row(clip: ClipSpec, cfg: CorpusConfig, shard: str) -> dict[str, Any]:
 
 
 def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights: str | None,
-                shard: str, versions: dict[str, str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Turn one clip into a webdataset sample dict (or ``None``) and its manifest row; never raises."""
+                shard: str, versions: dict[str, str],
+                base_model: Any = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Turn one clip into a webdataset sample dict (or ``None``) and its manifest row; never raises.
+
+    ``base_model`` is the loaded ``cfg.base_model`` for a model-guided step."""
     from cascadevsr.degrade.pipeline import degrade_clip, derive_seed
     from cascadevsr.video import encode_video, read_frames
 
@@ -185,7 +188,7 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
             return None, row
         fps = clip.fps if clip.fps > 0 else 25.0
         pair = degrade_clip(hr, pipeline, clip.seed, strength=cfg.strength, scale=cfg.scale,
-                            lr_size=cfg.lr_size, fps=fps)
+                            lr_size=cfg.lr_size, fps=fps, base_model=base_model)
         params = {
             "key": clip.key,
             "source": {"path": clip.source, "frames": [clip.start, clip.end], "fps": fps,
@@ -265,10 +268,15 @@ def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:
     try:
         pipeline = load_preset(cfg.preset)
         versions = package_versions()
+        base_model = None
+        if cfg.base_model:
+            from cascadevsr.base_model import load_base_model
+
+            base_model = load_base_model(cfg.base_model)  # cached: once per worker process
         with open(tmp, "wb") as fh:
             writer = wds.TarWriter(fh, encoder=False, mtime=TAR_MTIME)
             for clip in spec.clips:
-                sample, row = make_sample(clip, cfg, pipeline, spec.musiq_weights, name, versions)
+                sample, row = make_sample(clip, cfg, pipeline, spec.musiq_weights, name, versions, base_model)
                 if sample is not None:
                     writer.write(sample)
                 rows.append(row)

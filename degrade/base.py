@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,11 +34,13 @@ from cascadevsr.errors import UserError
 @dataclass(frozen=True)
 class Context:
     """Sizes a step may need. ``hr_size`` and ``lr_size`` are ``(height, width)`` of the clean HR input
-    and of the final LR output; ``fps`` is the clip's frame rate (codec steps need it)."""
+    and of the final LR output; ``fps`` is the clip's frame rate (codec steps need it); ``base_model`` is the
+    ``cascadevsr.base_model.BaseModel`` the model-guided step denoises with (``None`` when none was given)."""
 
     hr_size: tuple[int, int]
     lr_size: tuple[int, int]
     fps: float = 25.0
+    base_model: Any = field(default=None, compare=False, repr=False)
 
 
 def scaled_range(bounds: Sequence[float], strength: float) -> tuple[float, float]:

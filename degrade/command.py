@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--scale", type=float, help="downscaling factor HR/LR (default 4)")
     size.add_argument("--lr-size", help="LR size WxH instead of --scale (non-integer factors allowed)")
     parser.add_argument("--out", help="output folder for hr.mp4, lr.mp4, params.json")
+    parser.add_argument("--base-model", metavar="SPEC",
+                        help="base video model for the model_guided step: wan:DIR (DIR holds transformer/ and vae/)")
     parser.add_argument("--preview", action="store_true", help="also write preview.png (HR | LR up | motion)")
     parser.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
 
@@ -91,23 +93,33 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give an input video and --out DIR (or --list-presets).")
     lr_size = parse_size(args.lr_size) if args.lr_size else None
     degrade_video(args.input, args.out, preset=args.preset, seed=args.seed, strength=args.strength,
-                  frames=args.frames, scale=args.scale, lr_size=lr_size, preview=args.preview)
+                  frames=args.frames, scale=args.scale, lr_size=lr_size, preview=args.preview,
+                  base_model=args.base_model)
     return 0
 
 
 def degrade_video(input_path: str | Path, out: str | Path, *, preset: str = "realesrgan", seed: int = 0,
                   strength: float = 1.0, frames: str | None = None, scale: float | None = None,
-                  lr_size: tuple[int, int] | None = None, preview: bool = False) -> dict[str, Any]:
+                  lr_size: tuple[int, int] | None = None, preview: bool = False,
+                  base_model: str | None = None) -> dict[str, Any]:
     """Degrade one video into folder ``out`` (``hr.mp4``, ``lr.mp4``, ``params.json``, ``preview.png``).
 
     Everything is written to a temporary folder beside ``out`` and moved in at the end, so a failure
     leaves nothing half-written. Returns the params record. ``lr_size`` is ``(height, width)``; without
-    it and without ``scale`` the factor is 4.
+    it and without ``scale`` the factor is 4. ``base_model`` is a spec for
+    ``cascadevsr.base_model.load_base_model`` (``wan:DIR``), needed by presets with a model-guided step.
     """
+    from cascadevsr.degrade.model_guided import check_base_model
     from cascadevsr.degrade.pipeline import degrade_clip, load_preset
     from cascadevsr.video import probe, read_frames, write_video
 
     pipeline = load_preset(preset)
+    check_base_model(pipeline, base_model)
+    model = None
+    if base_model is not None:
+        from cascadevsr.base_model import load_base_model
+
+        model = load_base_model(base_model)
     info = probe(input_path)
     start, end = parse_frames(frames, info.num_frames)
     if lr_size is None and scale is None:
@@ -124,7 +136,7 @@ def degrade_video(input_path: str | Path, out: str | Path, *, preset: str = "rea
 
     with tqdm(desc="degrading", unit="step", leave=False, disable=None) as bar:
         pair = degrade_clip(hr_frames, pipeline, seed, strength=strength, scale=scale, lr_size=lr_size,
-                            fps=info.fps, progress=lambda op: bar.update(1))
+                            fps=info.fps, progress=lambda op: bar.update(1), base_model=model)
     record: dict[str, Any] = {
         "source": {"path": str(Path(input_path).resolve()), "frames": [start, end], "fps": info.fps,
                    "codec": info.codec, "size": [info.height, info.width]},

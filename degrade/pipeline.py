@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cascadevsr.degrade import classical, codec, flow, sharpen
+from cascadevsr.degrade import classical, codec, flow, model_guided, sharpen
 from cascadevsr.degrade.base import Context, config_from_dict
 from cascadevsr.errors import UserError
 
@@ -64,6 +64,8 @@ OPS: dict[str, Op] = {
     "jpeg": Op(classical.JpegConfig, classical.sample_jpeg, classical.apply_jpeg, classical.JpegParams),
     "codec": Op(codec.CodecConfig, codec.sample_codec, codec.apply_codec, codec.CodecParams),
     "flow": Op(flow.FlowConfig, flow.sample_flow, flow.apply_flow, flow.FlowParams),
+    "model_guided": Op(model_guided.ModelGuidedConfig, model_guided.sample_model_guided,
+                       model_guided.apply_model_guided, model_guided.ModelGuidedParams),
 }
 
 HR_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
@@ -221,12 +223,15 @@ def _apply_step(frames: np.ndarray, entry: dict[str, Any], ctx: Context) -> np.n
 
 
 def apply_record(frames: np.ndarray, record: list[dict[str, Any]], ctx: Context,
-                 progress: Callable[[str], None] | None = None) -> np.ndarray:
+                 progress: Callable[[str], None] | None = None, *, base_model: Any = None) -> np.ndarray:
     """Apply a sampled record to float32 frames ``(T, H, W, 3)`` in [0, 1]; returns LR float32 frames.
 
     If the record does not end at ``ctx.lr_size`` a final area resize gets it there, so every preset
-    produces exactly the requested size.
+    produces exactly the requested size. ``base_model`` (if given) replaces ``ctx.base_model`` for the
+    model-guided step.
     """
+    if base_model is not None:
+        ctx = dataclasses.replace(ctx, base_model=base_model)
     for entry in record:
         if entry["op"] == "shuffle":
             for gi in entry["order"]:
@@ -292,11 +297,13 @@ class DegradedPair:
 
 def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength: float = 1.0,
                  scale: float | None = None, lr_size: tuple[int, int] | None = None, fps: float = 25.0,
-                 progress: Callable[[str], None] | None = None) -> DegradedPair:
+                 progress: Callable[[str], None] | None = None, base_model: Any = None) -> DegradedPair:
     """Degrade a clip of uint8 frames ``(T, H, W, 3)`` into an LR/HR pair, reproducibly from ``seed``.
 
     With ``scale``, HR is cropped (top-left anchored) to a multiple of the scale so that ``HR = scale × LR``
     exactly; with ``lr_size`` (h, w) the HR frames are kept whole and the factor may be non-integer.
+    ``base_model`` (a ``cascadevsr.base_model.BaseModel``) is what a model-guided step denoises with; the
+    record then describes it under ``base_model``.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise UserError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}.")
@@ -305,7 +312,8 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
     if scale is not None and float(scale).is_integer():
         frames = frames[:, : target[0] * int(scale), : target[1] * int(scale)]
         hr_size = frames.shape[1:3]
-    ctx = Context(hr_size=(int(hr_size[0]), int(hr_size[1])), lr_size=target, fps=float(fps))
+    ctx = Context(hr_size=(int(hr_size[0]), int(hr_size[1])), lr_size=target, fps=float(fps),
+                  base_model=base_model)
     record = sample_pipeline(pipeline, np.random.default_rng(seed), strength, len(frames))
     hr_float = _transformed_hr(frames, pipeline.hr_transform)
     lr = to_uint8(apply_record(hr_float, record, ctx, progress))
@@ -321,6 +329,10 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
         "hr_transform": pipeline.hr_transform,
         "steps": record,
     }
+    if base_model is not None:
+        from cascadevsr.base_model import describe_base_model
+
+        full_record["base_model"] = describe_base_model(base_model)
     return DegradedPair(hr=hr, lr=lr, record=full_record)
 
 
@@ -332,9 +344,12 @@ def _transformed_hr(frames: np.ndarray, hr_transform: str) -> np.ndarray:
     return transform(hr) if transform else hr
 
 
-def replay(frames: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-    """Regenerate the LR uint8 clip from the source uint8 frames and a saved record, drawing no random numbers."""
+def replay(frames: np.ndarray, record: dict[str, Any], *, base_model: Any = None) -> np.ndarray:
+    """Regenerate the LR uint8 clip from the source uint8 frames and a saved record, drawing no random numbers.
+
+    A record with a model-guided step needs the same ``base_model`` it was made with."""
     hr_size = tuple(record["hr_size"])
     frames = frames[:, : hr_size[0], : hr_size[1]]
-    ctx = Context(hr_size=hr_size, lr_size=tuple(record["lr_size"]), fps=float(record["fps"]))
+    ctx = Context(hr_size=hr_size, lr_size=tuple(record["lr_size"]), fps=float(record["fps"]),
+                  base_model=base_model)
     return to_uint8(apply_record(_transformed_hr(frames, record["hr_transform"]), record["steps"], ctx))

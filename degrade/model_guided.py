@@ -1,0 +1,118 @@
+"""Model-guided degradation (SimpleGVR §4.2.2, Fig. 4): noise the LR latent to level α, let a base model
+denoise it back to 0, decode.
+
+    LR frames --codec.encode--> z_0 --(1 - α)·z_0 + α·ε--> z_α --base_model.denoise(α -> 0)--> ẑ_0 --decode--> LR
+
+The LR frames then carry the base text-to-video model's own look (its textures, its temporal smoothing)
+while keeping the source's structure; larger α gives more of the model and less of the source. The paper
+samples α in [0.3, 0.4]; it gives neither the number of denoising steps, the prompt nor the guidance, so
+``steps`` is ours (see :class:`ModelGuidedConfig`) and the condition is whatever the base model was given.
+
+The base model is not part of the params: it arrives in ``ctx.base_model`` (``--base-model wan:DIR``), and
+``degrade_clip`` stores its description beside the steps. ε comes from a ``torch.Generator`` seeded from the
+params and the codec and denoiser run in float32 on the CPU, so a record replays to the same frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cascadevsr.degrade.base import Context, new_seed, uniform
+from cascadevsr.errors import UserError
+
+NO_BASE_MODEL = ("the 'model_guided' step needs a base model: pass --base-model wan:DIR "
+                 "(a folder with transformer/ and vae/)")
+
+
+@dataclass(frozen=True)
+class ModelGuidedConfig:
+    """Ranges of the model-guided step (mild -> severe)."""
+
+    alpha: tuple[float, float] = (0.3, 0.4)
+    """Noise level the latent is taken to; the paper's range. ``strength`` scales it from 0.3 upwards."""
+    steps: int = 8
+    """Euler steps from α to 0 (ours: the paper does not say; 8 steps of at most 0.05 each are enough for a
+    straight-path flow model at this short distance, and keep a CPU run affordable)."""
+
+    def __post_init__(self) -> None:
+        if len(self.alpha) != 2 or not all(0.0 <= float(a) <= 1.0 for a in self.alpha):
+            raise ValueError(f"alpha must be [mild, severe] within [0, 1], got {list(self.alpha)}")
+        if int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class ModelGuidedParams:
+    """One resolved draw: noise level, Euler steps, and the seed of the noise ε."""
+
+    alpha: float
+    steps: int
+    seed: int
+
+
+def sample_model_guided(rng: np.random.Generator, cfg: ModelGuidedConfig, strength: float,
+                        num_frames: int) -> ModelGuidedParams:
+    """Draw α from the strength-scaled range and a seed for ε."""
+    return ModelGuidedParams(alpha=uniform(rng, cfg.alpha, strength), steps=int(cfg.steps), seed=new_seed(rng))
+
+
+def draw_noise(shape: tuple[int, ...], seed: int) -> Any:
+    """The ε of a params record: standard normal float32 of ``shape`` from a CPU generator seeded ``seed``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def apply_model_guided(frames: np.ndarray, params: ModelGuidedParams, ctx: Context) -> np.ndarray:
+    """Float frames ``(T, H, W, 3)`` -> the same shape after encode, noise to α, denoise, decode.
+
+    ``T`` must be ``1 + k·time_factor`` of the base model's codec. Sides that are not a multiple of the
+    model's size multiple are padded by edge replication and cropped back afterwards.
+    """
+    model = ctx.base_model
+    if model is None:
+        raise UserError(NO_BASE_MODEL + ".")
+    import torch
+
+    codec = model.codec
+    num_frames, height, width = frames.shape[:3]
+    if num_frames < 1 or (num_frames - 1) % codec.time_factor:
+        from cascadevsr.latent import valid_length
+
+        raise UserError(f"the 'model_guided' step needs 1 + k*{codec.time_factor} frames for its base model's "
+                        f"codec, got {num_frames} (the next length that fits is "
+                        f"{valid_length(num_frames, codec.time_factor)}).")
+    multiple = int(getattr(model, "size_multiple", codec.space_factor))
+    pad_h, pad_w = -height % multiple, -width % multiple
+    # The VAE reads [0, 1]; earlier steps may overshoot it slightly (the pipeline clips only at the end).
+    x = np.clip(frames, 0.0, 1.0).astype(np.float32)
+    if pad_h or pad_w:
+        x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with torch.inference_mode():
+        video = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).unsqueeze(0)  # (1, T, 3, H, W)
+        z0 = codec.encode(video).float()  # (1, C, t, h, w)
+        alpha = float(params.alpha)
+        z = (1.0 - alpha) * z0 + alpha * draw_noise(tuple(z0.shape), params.seed)
+        generator = torch.Generator().manual_seed(int(params.seed) ^ 0x5EED)
+        z = model.denoise(z, alpha, int(params.steps), generator)
+        out = codec.decode(z)[0].permute(0, 2, 3, 1).float().numpy()  # (T, H', W', 3)
+    return np.ascontiguousarray(out[:, :height, :width], dtype=np.float32)
+
+
+def uses_model_guided(pipeline: Any) -> bool:
+    """Whether a parsed ``Pipeline`` has a model-guided step (at top level or inside a shuffle group)."""
+    def ops(steps: Any) -> list[str]:
+        return [name for step in steps
+                for name in ([step.op] if hasattr(step, "op") else [o for g in step.groups for o in ops(g)])]
+
+    return "model_guided" in ops(pipeline.steps)
+
+
+def check_base_model(pipeline: Any, base_model: str | None) -> None:
+    """Refuse, before any work, a pipeline with a model-guided step when no base model was given."""
+    if base_model is None and uses_model_guided(pipeline):
+        raise UserError(NO_BASE_MODEL + ".")
