@@ -139,7 +139,11 @@ def parse_base_model_spec(spec: str) -> tuple[str, Path]:
     return kind, Path(path).expanduser().absolute()
 
 
-def _load(spec: str) -> FlowBaseModel:
+def check_base_model_folder(spec: str) -> tuple[str, Path]:
+    """Parse ``spec`` and check its folder's layout without loading anything; returns ``(kind, folder)``.
+
+    Cheap, so a command can refuse a bad ``--base-model`` before its workers start.
+    """
     kind, folder = parse_base_model_spec(spec)
     needs = "a folder with transformer/ (WanTransformer3DModel) and vae/ (AutoencoderKLWan) diffusers subfolders"
     if not folder.is_dir():
@@ -147,6 +151,11 @@ def _load(spec: str) -> FlowBaseModel:
     for sub in ("transformer", "vae"):
         if not (folder / sub / "config.json").is_file():
             raise UserError(f"the base model folder {folder} has no {sub}/config.json; give {needs}.")
+    return kind, folder
+
+
+def _load(spec: str) -> FlowBaseModel:
+    kind, folder = check_base_model_folder(spec)
     import diffusers  # deferred: importing diffusers costs seconds
 
     from cascadevsr.latent import load_vae_codec

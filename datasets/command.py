@@ -100,6 +100,19 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
     return load_corpus_config(args.config, flags_given(args), args.overrides)
 
 
+def check_base_model_setting(cfg: CorpusConfig) -> None:
+    """Refuse before any work a preset with a model-guided step but no ``--base-model``, or a base model folder
+    without its parts (the model itself is loaded by each worker)."""
+    from cascadevsr.degrade.model_guided import check_base_model
+    from cascadevsr.degrade.pipeline import load_preset
+
+    check_base_model(load_preset(cfg.preset), cfg.base_model)
+    if cfg.base_model:
+        from cascadevsr.base_model import check_base_model_folder
+
+        check_base_model_folder(cfg.base_model)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``cascadevsr build-corpus``."""
     from cascadevsr.datasets.summary import summarize, write_previews
@@ -118,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(to_yaml(cfg), end="")
         return 0
+    check_base_model_setting(cfg)
     print(cfg.summary(), flush=True)
     report = build_corpus(cfg, show_progress=not args.no_progress)
     print(summarize(cfg.out))

@@ -193,3 +193,14 @@ def test_build_corpus_with_a_base_model_records_it_in_every_sample(wan_dir, tmp_
     assert decode_clip(files["lr.mp4"]).shape == (9, 32, 32, 3)
     assert decode_clip(files["hr.mp4"]).shape == (9, 64, 64, 3)
     assert json.loads((out / "config.json").read_text())["base_model"] == f"wan:{wan_dir}"
+
+
+def test_build_corpus_refuses_a_model_guided_preset_without_a_base_model_before_any_work(wan_dir, tmp_path):
+    common = ["build-corpus", "--input", str(clip_path("carphone_pristine.mp4")), "--workers", "0",
+              "--hr-size", "64x64", "--scale", "2", "--clip-frames", "9", "--preset", "model_guided"]
+    res = cli(*common, "--out", str(tmp_path / "none"))
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+    assert "the 'model_guided' step needs a base model" in res.stderr
+    res = cli(*common, "--out", str(tmp_path / "absent"), "--base-model", f"wan:{tmp_path / 'nowhere'}")
+    assert res.returncode == 2 and f"{tmp_path / 'nowhere'} does not exist" in res.stderr
+    assert not (tmp_path / "none").exists() and not (tmp_path / "absent").exists()
