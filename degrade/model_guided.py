@@ -10,7 +10,8 @@ samples α in [0.3, 0.4]; it gives neither the number of denoising steps, the pr
 
 The base model is not part of the params: it arrives in ``ctx.base_model`` (``--base-model wan:DIR``), and
 ``degrade_clip`` stores its description beside the steps. ε comes from a ``torch.Generator`` seeded from the
-params and the codec and denoiser run in float32 on the CPU, so a record replays to the same frames.
+params and the codec and denoiser run in float32 on the CPU with one thread, so a record replays to the same
+frames (given the same base model and torch build).
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ def apply_model_guided(frames: np.ndarray, params: ModelGuidedParams, ctx: Conte
     x = np.clip(frames, 0.0, 1.0).astype(np.float32)
     if pad_h or pad_w:
         x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    # One intra-op thread: torch's CPU reductions split work by thread count and round differently (we
+    # measured 5e-7 between 1 and 4 threads on the tiny Wan), which could flip a uint8 level and break replay.
+    # A corpus task already runs on one core, so this costs the corpus nothing.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _model_guided(x, params, model, height, width)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _model_guided(x: np.ndarray, params: ModelGuidedParams, model: Any, height: int, width: int) -> np.ndarray:
+    """Encode, noise, denoise, decode padded frames ``x``; crop back to ``(height, width)``."""
+    import torch
+
+    codec = model.codec
     with torch.inference_mode():
         video = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).unsqueeze(0)  # (1, T, 3, H, W)
         z0 = codec.encode(video).float()  # (1, C, t, h, w)

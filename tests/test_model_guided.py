@@ -109,6 +109,14 @@ def test_the_op_keeps_the_shape_changes_the_frames_and_repeats_exactly(wan_dir, 
     out = apply_model_guided(lr_frames, params, ctx)
     assert out.shape == lr_frames.shape and out.dtype == lr_frames.dtype == np.float32
     assert np.array_equal(out, apply_model_guided(lr_frames, params, ctx))
+    # the same bytes whatever thread count the caller runs torch with (reductions round per thread split)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert np.array_equal(out, apply_model_guided(lr_frames, params, ctx))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
     assert np.abs(out - lr_frames).mean() > 0.01
     # a side that is no multiple of the model's 8 px is padded and cropped back
     odd = apply_model_guided(lr_frames[:, :28, :30], params, ctx)
