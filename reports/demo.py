@@ -177,18 +177,10 @@ def report_stage(results: Path, folder: Path, metrics: list[str]) -> list[str]:
     return [result.leaderboard_markdown or "", "", f"![]({bars.relative_to(folder.parent.parent)})"]
 
 
-def needs_base_model(pipeline) -> bool:
-    """Whether a preset has a step that runs a base video model (SimpleGVR's model-guided degradation)."""
-    def ops(steps) -> list[str]:
-        return [name for step in steps
-                for name in ([step.op] if hasattr(step, "op") else [o for g in step.groups for o in ops(g)])]
-
-    return "model_guided" in ops(pipeline.steps)
-
-
 def run(args: argparse.Namespace) -> int:
     """Degrade a real clip with every preset and write an index of the results."""
     from cascadevsr.degrade.command import degrade_video
+    from cascadevsr.degrade.model_guided import uses_model_guided
     from cascadevsr.degrade.pipeline import list_presets, load_preset
 
     clip = Path(args.clip) if args.clip else clips_dir() / DEMO_CLIP
@@ -196,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the demo clip {clip} is missing; run `cascadevsr fetch-data` first.")
     out = Path(args.out)
     # A preset with a model-guided step needs a base video model's weights, which no offline package has.
-    presets = [p for p in list_presets() if not needs_base_model(load_preset(p))]
+    presets = [p for p in list_presets() if not uses_model_guided(load_preset(p))]
     skipped = [p for p in list_presets() if p not in presets]
     print(f"demo: {clip.name} frames {args.frames}, presets {', '.join(presets)} -> {out}/", flush=True)
     rows = []
