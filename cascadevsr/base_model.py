@@ -154,6 +154,21 @@ def check_base_model_folder(spec: str) -> tuple[str, Path]:
     return kind, folder
 
 
+def check_clip_frames(spec: str, num_frames: int) -> None:
+    """Refuse, from the base model's VAE config alone, a clip length its latent codec cannot encode
+    (``1 + time_factor·k`` frames), before a corpus job starts workers that would fail on every clip."""
+    import json
+
+    from cascadevsr.latent import latent_frames, vae_factors
+
+    _, folder = check_base_model_folder(spec)
+    time_factor, _ = vae_factors(json.loads((folder / "vae" / "config.json").read_text()))
+    try:
+        latent_frames(num_frames, time_factor)
+    except ValueError as err:
+        raise UserError(f"--clip-frames {num_frames} does not fit the base model's VAE: {err}.") from None
+
+
 def _load(spec: str) -> FlowBaseModel:
     kind, folder = check_base_model_folder(spec)
     import diffusers  # deferred: importing diffusers costs seconds

@@ -165,7 +165,7 @@ VAE_KINDS: dict[str, VaeKind] = {
 }
 
 
-def _vae_factors(config: Any) -> tuple[int, int]:
+def vae_factors(config: Any) -> tuple[int, int]:
     """(time_factor, space_factor) from a diffusers VAE config.
 
     Architecture fields win over the informational ``scale_factor_*`` ones, which the Wan class stores
@@ -194,7 +194,7 @@ class DiffusersVideoCodec:
         self.kind = lookup_vae_kind(kind)
         self.vae = vae.eval().requires_grad_(False)
         self.path = path
-        self.time_factor, self.space_factor = _vae_factors(vae.config)
+        self.time_factor, self.space_factor = vae_factors(vae.config)
         cfg = dict(vae.config)
         self.channels = int(cfg.get("z_dim") or cfg.get("latent_channels"))
         if self.kind.normalization == "mean_std":

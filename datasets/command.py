@@ -103,13 +103,15 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
 def check_base_model_setting(cfg: CorpusConfig) -> None:
     """Refuse before any work a preset with a model-guided step but no ``--base-model``, or a base model folder
     without its parts (the model itself is loaded by each worker)."""
-    from cascadevsr.degrade.model_guided import check_base_model
+    from cascadevsr.base_model import check_base_model_folder, check_clip_frames
+    from cascadevsr.degrade.model_guided import check_base_model, uses_model_guided
     from cascadevsr.degrade.pipeline import load_preset
 
-    check_base_model(load_preset(cfg.preset), cfg.base_model)
-    if cfg.base_model:
-        from cascadevsr.base_model import check_base_model_folder
-
+    pipeline = load_preset(cfg.preset)
+    check_base_model(pipeline, cfg.base_model)
+    if cfg.base_model and uses_model_guided(pipeline):
+        check_clip_frames(cfg.base_model, cfg.clip_frames)  # checks the folder's layout first
+    elif cfg.base_model:
         check_base_model_folder(cfg.base_model)
 
 

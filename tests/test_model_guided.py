@@ -211,4 +211,8 @@ def test_build_corpus_refuses_a_model_guided_preset_without_a_base_model_before_
     assert "the 'model_guided' step needs a base model" in res.stderr
     res = cli(*common, "--out", str(tmp_path / "absent"), "--base-model", f"wan:{tmp_path / 'nowhere'}")
     assert res.returncode == 2 and f"{tmp_path / 'nowhere'} does not exist" in res.stderr
-    assert not (tmp_path / "none").exists() and not (tmp_path / "absent").exists()
+    # 8 frames cannot be encoded by a VAE with a 4x time factor: refused from its config, not clip by clip.
+    short = [*common[:-3], "8", "--preset", "model_guided"]
+    res = cli(*short, "--out", str(tmp_path / "short"), "--base-model", f"wan:{wan_dir}")
+    assert res.returncode == 2 and "--clip-frames 8 does not fit the base model's VAE" in res.stderr
+    assert not any((tmp_path / d).exists() for d in ("none", "absent", "short"))
