@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     na.add_argument("--batch-size", type=int, default=4, help="frames per metric call (default 4)")
     na.add_argument("--device", default="cpu", help="torch device (default cpu)")
     na.add_argument("--weights-dir", help="metric weights folder (default $CASCADEVSR_HOME/weights)")
+    na.add_argument("--save-outputs", metavar="DIR",
+                    help="also write every output as DIR/NAME@LEVEL/CLIP.mp4 (lossless; `evaluate --pred` reads it)")
     na.add_argument("--out", required=True, help="results parquet (resumed when it exists)")
 
 
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
                           gt=Path(args.gt).expanduser() if args.gt else None, steps=args.steps, seed=args.seed,
                           start=start, end=end, max_clips=args.max_clips, crop_border=args.crop_border,
                           batch_size=args.batch_size, device=args.device,
-                          weights_dir=Path(args.weights_dir).expanduser() if args.weights_dir else None)
+                          weights_dir=Path(args.weights_dir).expanduser() if args.weights_dir else None,
+                          save_outputs=Path(args.save_outputs).expanduser() if args.save_outputs else None)
         result = run_noise_sweep(cfg)
         table = summary(result.rows)
         if not table.empty:

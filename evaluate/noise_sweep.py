@@ -49,7 +49,16 @@ from cascadevsr.evaluate.clips import Clip, discover
 from cascadevsr.evaluate.metrics import Metric, create_metric, metric_spec
 from cascadevsr.evaluate.run import COLUMNS as EVAL_COLUMNS
 from cascadevsr.evaluate.run import DTYPES as EVAL_DTYPES
-from cascadevsr.evaluate.run import empty_rows, load_run, parts_dir, read_rows, score_clip, write_results
+from cascadevsr.evaluate.run import (
+    clip_fps,
+    empty_rows,
+    load_run,
+    parts_dir,
+    read_rows,
+    score_clip,
+    write_method_outputs,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,8 @@ class SweepConfig:
         batch_size: frames per metric call.
         device: torch device of the models and metrics (``auto``: CUDA when there is one).
         weights_dir: metric weights folder (default ``$CASCADEVSR_HOME/weights``).
+        save_outputs: folder to write every output into, as ``NAME@LEVEL/CLIP.mp4`` (lossless), so that
+            outputs can be viewed side by side or scored later with ``evaluate --pred`` without rerunning.
     """
 
     checkpoints: list[SweepCheckpoint]
@@ -110,6 +121,7 @@ class SweepConfig:
     batch_size: int = 4
     device: str = "cpu"
     weights_dir: Path | None = None
+    save_outputs: Path | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -263,6 +275,11 @@ def _scorable(m: SweepMetric, height: int, width: int) -> str | None:
 def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows and protocol of a noise-sweep results file."""
     return read_rows(path, DTYPES, "noise-sweep results")
+
+
+def output_name(checkpoint: str, level: float) -> str:
+    """Folder (method) name of a checkpoint's outputs at one test level in ``save_outputs``: ``NAME@LEVEL``."""
+    return f"{checkpoint}@{level:g}"
 
 
 def _load_existing(out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -444,6 +461,8 @@ def run_noise_sweep(cfg: SweepConfig,
         lr_frames = lr[clip].read(cfg.start, cfg.end)
         ref = gt[clip].read(cfg.start, cfg.end) if have_gt else None
         pred = upscaler(lr_frames, out_sizes[(name, clip)])
+        if cfg.save_outputs is not None:
+            write_method_outputs(cfg.save_outputs, output_name(name, level), clip, pred, clip_fps(lr[clip]))
         down = _downsample(pred, lr_frames.shape[1:3])
         frame_ids = np.arange(cfg.start, cfg.start + len(pred))
         label = facts[name]["train_range"]

@@ -421,7 +421,8 @@ def _colour_space(m: Metric) -> str:
     return "RGB in [0, 1]"
 
 
-def _write_outputs(folder: Path, method: str, clip: str, frames: np.ndarray, fps: float) -> None:
+def write_method_outputs(folder: Path, method: str, clip: str, frames: np.ndarray, fps: float) -> None:
+    """Write a method's output clip as ``folder/METHOD/CLIP.mp4`` (lossless FFV1), the layout ``--pred`` reads."""
     from cascadevsr import video
 
     dest = folder / method
@@ -517,7 +518,7 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
                 per_frame = (time.perf_counter() - t0) / len(lr_frames)
                 records.append((m.name, clip, None, RUNTIME_METRIC, per_frame))
                 if cfg.save_outputs is not None:
-                    _write_outputs(Path(cfg.save_outputs), m.name, clip, pred, _fps(lr[clip]))
+                    write_method_outputs(Path(cfg.save_outputs), m.name, clip, pred, clip_fps(lr[clip]))
             if ref is not None and pred.shape != ref.shape:
                 raise UserError(f"clip '{clip}': method '{m.name}' gives frames of shape {pred.shape[1:]}, "
                                 f"the ground truth {ref.shape[1:]}.")
@@ -571,7 +572,8 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
     return RunResult(rows=rows, computed=computed, misaligned=misaligned, protocol=protocol)
 
 
-def _fps(clip: Clip) -> float:
+def clip_fps(clip: Clip) -> float:
+    """Frame rate of a clip (25 for frame folders and unreadable rates)."""
     if not clip.is_video:
         return 25.0
     from cascadevsr import video

@@ -190,6 +190,22 @@ def test_noise_sweep_writes_one_row_set_per_checkpoint_level_clip_and_metric(fit
     pd.testing.assert_series_equal(fit, relabelled)
 
 
+def test_saved_sweep_outputs_score_the_same_through_evaluate(fitted, tmp_path):
+    saved = tmp_path / "outputs"
+    sweep = run_noise_sweep(SweepConfig(checkpoints=[SweepCheckpoint("fit", fitted["checkpoint"])],
+                                        lr=fitted["lr"], gt=fitted["gt"], out=tmp_path / "sweep.parquet",
+                                        levels=[0.3], metrics=["psnr"], steps=2, save_outputs=saved))
+    assert sorted(p.name for p in (saved / "fit@0.3").iterdir()) == ["bikes.mp4", "city.mp4"]
+    results = tmp_path / "eval.parquet"
+    assert main(["evaluate", "--pred", f"fit@0.3={saved / 'fit@0.3'}", "--gt", str(fitted["gt"]),
+                 "--metrics", "psnr", "--out", str(results)]) == 0
+    from cascadevsr.evaluate.run import read_results
+
+    scored = read_results(results)[0].dropna(subset=["frame"]).set_index(["clip", "frame"])["value"]
+    swept = sweep.rows.dropna(subset=["frame"]).set_index(["clip", "frame"])["value"]
+    pd.testing.assert_series_equal(scored.sort_index(), swept.sort_index(), check_names=False)
+
+
 def test_an_interrupted_sweep_resumes_and_computes_nothing_twice(fitted, tmp_path):
     out = tmp_path / "sweep.parquet"
 
