@@ -374,6 +374,7 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     lr_size = lr_size_for(cfg.hr_size, cfg.scale, cfg.lr_size)  # an LR size too small for every clip
     if cfg.latent_codec:
         check_latent_codec(cfg, lr_size)
+    check_base_model_setting(cfg)
     musiq = find_musiq_weights(cfg.musiq_weights)
     planned = (out / "plan.parquet").exists()
     sources = [] if planned else expand_inputs(cfg.inputs)
@@ -426,6 +427,21 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
             "workers": cfg.workers, "resumed": resuming,
         })
     return BuildReport(out, stats, failed)
+
+
+def check_base_model_setting(cfg: CorpusConfig) -> None:
+    """Refuse before any work a preset with a model-guided step but no ``--base-model``, or a base model folder
+    without its parts (the model itself is loaded by each worker)."""
+    from cascadevsr.base_model import check_base_model_folder, check_clip_frames
+    from cascadevsr.degrade.model_guided import check_base_model, uses_model_guided
+    from cascadevsr.degrade.pipeline import load_preset
+
+    pipeline = load_preset(cfg.preset)
+    check_base_model(pipeline, cfg.base_model)
+    if cfg.base_model and uses_model_guided(pipeline):
+        check_clip_frames(cfg.base_model, cfg.clip_frames)  # checks the folder's layout first
+    elif cfg.base_model:
+        check_base_model_folder(cfg.base_model)
 
 
 def check_latent_codec(cfg: CorpusConfig, lr_size: tuple[int, int]) -> None:

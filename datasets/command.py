@@ -100,21 +100,6 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
     return load_corpus_config(args.config, flags_given(args), args.overrides)
 
 
-def check_base_model_setting(cfg: CorpusConfig) -> None:
-    """Refuse before any work a preset with a model-guided step but no ``--base-model``, or a base model folder
-    without its parts (the model itself is loaded by each worker)."""
-    from cascadevsr.base_model import check_base_model_folder, check_clip_frames
-    from cascadevsr.degrade.model_guided import check_base_model, uses_model_guided
-    from cascadevsr.degrade.pipeline import load_preset
-
-    pipeline = load_preset(cfg.preset)
-    check_base_model(pipeline, cfg.base_model)
-    if cfg.base_model and uses_model_guided(pipeline):
-        check_clip_frames(cfg.base_model, cfg.clip_frames)  # checks the folder's layout first
-    elif cfg.base_model:
-        check_base_model_folder(cfg.base_model)
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``cascadevsr build-corpus``."""
     from cascadevsr.datasets.summary import summarize, write_previews
@@ -133,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
 
         print(to_yaml(cfg), end="")
         return 0
-    check_base_model_setting(cfg)
     print(cfg.summary(), flush=True)
     report = build_corpus(cfg, show_progress=not args.no_progress)
     print(summarize(cfg.out))
