@@ -370,11 +370,11 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder.")
     # The user's mistakes (bad preset, inputs, weights path) are refused before anything is written.
-    preset_name = load_preset(cfg.preset).name
+    pipeline = load_preset(cfg.preset)
     lr_size = lr_size_for(cfg.hr_size, cfg.scale, cfg.lr_size)  # an LR size too small for every clip
     if cfg.latent_codec:
         check_latent_codec(cfg, lr_size)
-    check_base_model_setting(cfg)
+    check_base_model_setting(cfg, pipeline)
     musiq = find_musiq_weights(cfg.musiq_weights)
     planned = (out / "plan.parquet").exists()
     sources = [] if planned else expand_inputs(cfg.inputs)
@@ -420,7 +420,7 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
             if runner is not None:
                 runner.close()
         done_now = sum(len(s.clips) for s in todo if s.name not in failed)
-        stats = write_outputs(out, cfg, preset_name, shards, source_failures, failed, musiq, {
+        stats = write_outputs(out, cfg, pipeline.name, shards, source_failures, failed, musiq, {
             "seconds": round(time.perf_counter() - t0, 3), "scan_seconds": round(scan_seconds, 3),
             "shard_seconds": round(shard_seconds, 3), "clips_this_run": done_now,
             "clips_per_s": round(done_now / shard_seconds, 4) if shard_seconds > 0 and done_now else 0.0,
@@ -429,14 +429,12 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     return BuildReport(out, stats, failed)
 
 
-def check_base_model_setting(cfg: CorpusConfig) -> None:
+def check_base_model_setting(cfg: CorpusConfig, pipeline: Any) -> None:
     """Refuse before any work a preset with a model-guided step but no ``--base-model``, or a base model folder
     without its parts (the model itself is loaded by each worker)."""
     from cascadevsr.base_model import check_base_model_folder, check_clip_frames
     from cascadevsr.degrade.model_guided import check_base_model, uses_model_guided
-    from cascadevsr.degrade.pipeline import load_preset
 
-    pipeline = load_preset(cfg.preset)
     check_base_model(pipeline, cfg.base_model)
     if cfg.base_model and uses_model_guided(pipeline):
         check_clip_frames(cfg.base_model, cfg.clip_frames)  # checks the folder's layout first

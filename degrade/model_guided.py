@@ -122,11 +122,7 @@ def _model_guided(x: np.ndarray, params: ModelGuidedParams, model: Any, height: 
 
 def uses_model_guided(pipeline: Any) -> bool:
     """Whether a parsed ``Pipeline`` has a model-guided step (at top level or inside a shuffle group)."""
-    def ops(steps: Any) -> list[str]:
-        return [name for step in steps
-                for name in ([step.op] if hasattr(step, "op") else [o for g in step.groups for o in ops(g)])]
-
-    return "model_guided" in ops(pipeline.steps)
+    return "model_guided" in pipeline.op_names()
 
 
 def check_base_model(pipeline: Any, base_model: str | None) -> None:

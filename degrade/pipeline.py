@@ -100,6 +100,11 @@ class Pipeline:
     steps: tuple[StepSpec | ShuffleSpec, ...]
     source: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
+    def op_names(self) -> list[str]:
+        """Every step's op name in order, shuffle groups flattened (they hold plain steps only)."""
+        return [s.op for step in self.steps
+                for s in ([x for g in step.groups for x in g] if isinstance(step, ShuffleSpec) else [step])]
+
 
 # ----------------------------------------------------------------------------------------------- presets
 
