@@ -25,16 +25,26 @@ variation*. Choices that are ours (the paper leaves them open):
 Outputs in ``--out``: ``timesteps.parquet`` (``clip, step, t_from, t_to, variation``; the rows with
 ``clip = "mean"`` are the mean over clips of each step), ``density.json`` and ``analysis.json`` (the
 protocol and the resolved config).
+
+Resuming works like the noise-augmentation sweep's: each finished clip (its record, grid and curve) is
+written to ``OUT.parts/`` as soon as it is done, a rerun analyses only the clips missing there, and the
+outputs are then the same bytes an uninterrupted run writes; the folder is removed once they are. A rerun
+whose settings would change a clip's curve (checkpoint file, steps, noise level, seed, frames, cut-off,
+device, the checkpoint's inference settings, or the file a clip name points to) is refused; ``--floor`` and
+``--max-clips`` may change, as they only shape the density or choose clips.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +56,26 @@ import torch.nn.functional as F
 from cascadevsr import __version__
 from cascadevsr.errors import UserError
 from cascadevsr.evaluate.clips import VIDEO_SUFFIXES, Clip, discover
-from cascadevsr.evaluate.run import write_results
+from cascadevsr.evaluate.run import parts_dir, write_results
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("clip", "step", "t_from", "t_to", "variation")
 MEAN_CLIP = "mean"
 FORMAT = "cascadevsr.timesteps/1"
+PART_SUFFIX = ".clip.json"
+# The settings that change a clip's curve, with what sets each: parts computed under others are not resumed.
+# --floor, --max-clips and --lr are not among them: they shape the density or choose the clips.
+CURVE_SETTINGS = {
+    "checkpoint_sha256": "--checkpoint (the file's SHA-256)",
+    "steps": "--steps",
+    "noise_level": "--noise-level",
+    "seed": "--seed",
+    "frames": "--frames",
+    "cutoff": "--cutoff",
+    "device": "--device",
+    "inference": "the checkpoint's inference settings",
+}
 
 
 # -------------------------------------------------------------------------------------------- the DCT
@@ -169,12 +192,36 @@ class TimestepConfig:
 
 @dataclass
 class TimestepResult:
-    """What an analysis wrote: the rows, the density (edges, bin probabilities) and the protocol."""
+    """What an analysis wrote: the rows, the density (edges, bin probabilities) and the protocol, and the
+    clips analysed in this run (the others were resumed from ``OUT.parts/``)."""
 
     rows: pd.DataFrame
     edges: list[float]
     pdf: list[float]
     protocol: dict[str, Any]
+    computed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClipCurve:
+    """One clip's result, as a part file holds it: its record in ``analysis.json`` and its curve."""
+
+    name: str
+    path: str
+    frames: int
+    lr_size: list[int]
+    """(height, width) of the LR frames."""
+    high_frequency_coefficients: int
+    """Kept DCT coefficients per x̂0 (the ``n`` of the RMS)."""
+    grid: list[float]
+    """The time grid ``(N + 1,)`` from 1 to 0."""
+    variation: list[float]
+    """Detail variation ``(N,)`` of the steps ``grid[i] -> grid[i + 1]``."""
+
+    def info(self) -> dict[str, Any]:
+        """The clip's record in ``analysis.json``."""
+        return {"name": self.name, "path": self.path, "frames": self.frames, "lr_size": self.lr_size,
+                "high_frequency_coefficients": self.high_frequency_coefficients}
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -280,8 +327,102 @@ def density_from_curve(grid: Sequence[float], variation: Sequence[float],
     return edges, [float(p) for p in pdf]
 
 
-def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
-    """Run the analysis of ``cfg`` and write ``timesteps.parquet``, ``density.json`` and ``analysis.json``."""
+def analyse_clip(upscaler: Any, clip: Clip, cfg: TimestepConfig) -> ClipCurve:
+    """Read ``cfg``'s frame range of ``clip`` and measure its curve (:func:`clip_variation`).
+
+    Raises:
+        UserError: the clip has no frames in that range.
+    """
+    frames = clip.read(cfg.start, cfg.end)
+    if len(frames) == 0:
+        raise UserError(f"LR clip '{clip.name}' has no frames in {cfg.start}:{cfg.end or ''}.")
+    grid, curve, kept = clip_variation(upscaler, frames, cfg.cutoff)
+    return ClipCurve(name=clip.name, path=str(clip.path), frames=len(frames),
+                     lr_size=[int(frames.shape[1]), int(frames.shape[2])], high_frequency_coefficients=kept,
+                     grid=[float(t) for t in grid], variation=[float(v) for v in curve])
+
+
+# ------------------------------------------------------------------------------------------ resuming
+
+
+def curve_settings(cfg: TimestepConfig, upscaler: Any, sha256: str, level: float) -> dict[str, Any]:
+    """The settings of :data:`CURVE_SETTINGS` for this run, as they read back from JSON."""
+    settings = {"checkpoint_sha256": sha256, "steps": cfg.steps, "noise_level": level, "seed": cfg.seed,
+                "frames": f"{cfg.start}:{'' if cfg.end is None else cfg.end}", "cutoff": cfg.cutoff,
+                "device": str(upscaler.device), "inference": asdict(upscaler.icfg)}
+    return json.loads(json.dumps(settings))
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any], pdir: Path) -> None:
+    """Refuse to resume parts computed under settings that would give other curves than this run's."""
+    for key, what in CURVE_SETTINGS.items():
+        if old.get(key) == new[key]:
+            continue
+        was, now = old.get(key), new[key]
+        if isinstance(was, dict) and isinstance(now, dict):  # name only the entries that differ
+            diff = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            was, now = ({k: d.get(k) for k in diff} for d in (was, now))
+        raise UserError(f"{pdir} holds clips analysed with {what} {was}, but this run has {now}; rerun with the "
+                        f"same settings to resume, or give a new --out or delete {pdir} to start over.")
+
+
+def load_parts(pdir: Path, settings: dict[str, Any], clips: dict[str, Clip]) -> dict[str, ClipCurve]:
+    """The finished clips among ``clips`` in the parts folder ``pdir``, by name.
+
+    Raises:
+        UserError: the parts were computed with other settings, or for another file under a clip's name.
+    """
+    parts = sorted(pdir.glob(f"*{PART_SUFFIX}")) if pdir.is_dir() else []
+    if not parts:  # nothing finished (a run that failed before its first clip): nothing to be consistent with
+        return {}
+    saved = pdir / "protocol.json"
+    if not saved.exists():
+        raise UserError(f"{pdir} holds finished clips but no protocol.json to tell their settings; delete "
+                        f"{pdir} to start over.")
+    check_resumable(json.loads(saved.read_text()), settings, pdir)
+    done: dict[str, ClipCurve] = {}
+    for part in parts:
+        curve = ClipCurve(**json.loads(part.read_text()))
+        clip = clips.get(curve.name)
+        if clip is None or curve.name in done:
+            continue
+        if Path(curve.path).resolve() != clip.path.resolve():
+            raise UserError(f"{pdir} holds clip '{curve.name}' analysed from {curve.path}, but this run reads "
+                            f"it from {clip.path}; give a new --out or delete {pdir} to start over.")
+        done[curve.name] = dataclasses.replace(curve, path=str(clip.path))
+    return done
+
+
+def write_part(pdir: Path, curve: ClipCurve) -> None:
+    """Store a finished clip in the parts folder, atomically."""
+    _write_atomically(pdir / f"{uuid.uuid4().hex[:16]}{PART_SUFFIX}", json.dumps(asdict(curve)))
+
+
+def remove_parts(pdir: Path) -> None:
+    """Delete the parts folder of a finished analysis."""
+    if pdir.is_dir():
+        for p in pdir.iterdir():
+            p.unlink()
+        pdir.rmdir()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A run killed mid-write leaves a hidden temporary file, never a truncated part that would read as done.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def run_timestep_analysis(cfg: TimestepConfig,
+                          on_clip_done: Callable[[str], None] | None = None) -> TimestepResult:
+    """Run the analysis of ``cfg`` and write ``timesteps.parquet``, ``density.json`` and ``analysis.json``.
+
+    Clips already finished in ``OUT.parts/`` by an interrupted run with the same settings are not analysed
+    again. ``on_clip_done(name)`` is called after each analysed clip's part is safely on disk.
+    """
     from cascadevsr.fetch import sha256_file
     from cascadevsr.train import flow
     from cascadevsr.train.inference import CheckpointUpscaler
@@ -292,37 +433,43 @@ def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
     clips = collect_clips(cfg.lr)
     names = sorted(clips)[: cfg.max_clips]
     ckpt_file = resolve_checkpoint(cfg.checkpoint)
+    sha256 = sha256_file(ckpt_file)
     upscaler = CheckpointUpscaler(cfg.checkpoint, steps=cfg.steps, noise_level=cfg.noise_level,
                                   device=cfg.device, seed=cfg.seed)
     level = upscaler.model.cfg.noise_level if cfg.noise_level is None else cfg.noise_level
     print(f"analyze timesteps: {ckpt_file} on {len(names)} clip(s), {cfg.steps} Euler steps, noise level "
           f"{level}, seed {cfg.seed}, DCT cut-off {cfg.cutoff} → {cfg.out}")
 
-    records: list[tuple[str, int, float, float, float]] = []
-    clip_info = []
-    curves = []
-    grid: list[float] = []
-    for i, name in enumerate(names):
-        frames = clips[name].read(cfg.start, cfg.end)
-        if len(frames) == 0:
-            raise UserError(f"LR clip '{name}' has no frames in {cfg.start}:{cfg.end or ''}.")
-        grid, curve, kept = clip_variation(upscaler, frames, cfg.cutoff)
-        curves.append(curve)
-        records += [(name, k, grid[k], grid[k + 1], float(v)) for k, v in enumerate(curve)]
-        clip_info.append({"name": name, "path": str(clips[name].path), "frames": len(frames),
-                          "lr_size": [int(frames.shape[1]), int(frames.shape[2])],
-                          "high_frequency_coefficients": kept})
-        log.info("[%d/%d] %s: %d frames, peak variation %.4g at step %d", i + 1, len(names), name,
-                 len(frames), curve.max(), int(curve.argmax()))
-    mean = np.mean(curves, axis=0)
+    settings = curve_settings(cfg, upscaler, sha256, level)
+    pdir = parts_dir(cfg.out)
+    done = load_parts(pdir, settings, {n: clips[n] for n in names})
+    todo = [n for n in names if n not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(names)} clip(s) already analysed in {pdir}")
+    if todo:
+        pdir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(pdir / "protocol.json", json.dumps(settings, indent=1, sort_keys=True))
+    for i, name in enumerate(todo):
+        curve = analyse_clip(upscaler, clips[name], cfg)
+        write_part(pdir, curve)
+        done[name] = curve
+        variation = np.array(curve.variation)
+        log.info("[%d/%d] %s: %d frames, peak variation %.4g at step %d", i + 1, len(todo), name, curve.frames,
+                 variation.max(), int(variation.argmax()))
+        if on_clip_done is not None:
+            on_clip_done(name)
+
+    curves = [done[n] for n in names]
+    grid = curves[-1].grid if curves else []
+    records = [(c.name, k, c.grid[k], c.grid[k + 1], v) for c in curves for k, v in enumerate(c.variation)]
+    mean = np.mean([np.array(c.variation, dtype=np.float64) for c in curves], axis=0)
     records += [(MEAN_CLIP, k, grid[k], grid[k + 1], float(v)) for k, v in enumerate(mean)]
     edges, pdf = density_from_curve(grid, mean, cfg.floor)
-
     protocol = {
         "format": FORMAT,
         "columns": list(COLUMNS),
         "mean_rows": f"clip = '{MEAN_CLIP}': the mean over clips of each step's variation",
-        "checkpoint": {"path": str(cfg.checkpoint), "file": str(ckpt_file), "sha256": sha256_file(ckpt_file),
+        "checkpoint": {"path": str(cfg.checkpoint), "file": str(ckpt_file), "sha256": sha256,
                        "step": upscaler.step},
         "steps": cfg.steps,
         "grid": [float(t) for t in grid],
@@ -341,7 +488,7 @@ def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
                     "train": "cascadevsr train --set sampler=detail_aware "
                              "--set sampler_options.pdf_file=<out>/density.json"},
         "inference": upscaler.describe() | {"tile": upscaler.icfg.tile, "window": upscaler.icfg.window},
-        "clips": clip_info,
+        "clips": [c.info() for c in curves],
         "packages": {"cascadevsr": __version__, "torch": torch.__version__, "numpy": np.__version__},
     }
     rows = pd.DataFrame.from_records(records, columns=list(COLUMNS)).astype(
@@ -352,6 +499,7 @@ def run_timestep_analysis(cfg: TimestepConfig) -> TimestepResult:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     config["lr"] = [str(p) for p in cfg.lr]
     (cfg.out / "analysis.json").write_text(json.dumps({**protocol, "config": config}, indent=1))
+    remove_parts(pdir)  # only now: until every output is written, a rerun still finds every clip done
     print(f"wrote {cfg.out / 'timesteps.parquet'} ({len(rows)} rows), {cfg.out / 'density.json'} "
           f"({len(pdf)} bins), {cfg.out / 'analysis.json'}")
-    return TimestepResult(rows=rows, edges=edges, pdf=pdf, protocol=protocol)
+    return TimestepResult(rows=rows, edges=edges, pdf=pdf, protocol=protocol, computed=todo)

@@ -157,6 +157,54 @@ def test_the_same_seed_gives_identical_variations_and_another_seed_does_not(fitt
     assert not np.allclose(first["variation"].iloc[:-1], other["variation"].iloc[:-1])
 
 
+def _interrupted_after_first_clip(cfg: TimestepConfig) -> None:
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_timestep_analysis(cfg, on_clip_done=stop)
+    assert not cfg.out.exists() and len(list(parts_dir(cfg.out).glob("*.clip.json"))) == 1
+
+
+def test_an_interrupted_timestep_analysis_resumes_to_the_bytes_of_an_uninterrupted_one(fitted, tmp_path):
+    out = tmp_path / "ts"
+
+    def config() -> TimestepConfig:
+        return TimestepConfig(checkpoint=fitted["checkpoint"], lr=[fitted["lr"]], out=out, steps=3)
+
+    assert run_timestep_analysis(config()).computed == ["bikes", "city"]
+    uninterrupted = tmp_path / "uninterrupted"
+    out.rename(uninterrupted)  # the outputs record --out, so both runs write to the same path
+
+    _interrupted_after_first_clip(config())
+    resumed = run_timestep_analysis(config())
+    assert resumed.computed == ["city"]  # bikes came from its part
+    for name in ("timesteps.parquet", "density.json", "analysis.json"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in uninterrupted.iterdir())
+    assert not parts_dir(out).exists()
+
+
+def test_resuming_with_settings_that_change_the_curves_is_refused_in_one_sentence(fitted, tmp_path, capsys):
+    out = tmp_path / "ts"
+    _interrupted_after_first_clip(TimestepConfig(checkpoint=fitted["checkpoint"], lr=[fitted["lr"]], out=out,
+                                                 steps=2))
+    base = ["analyze", "timesteps", "--checkpoint", str(fitted["checkpoint"]), "--out", str(out)]
+    capsys.readouterr()
+    for change, named in [(["--lr", str(fitted["lr"]), "--steps", "3"], "--steps 2, but this run has 3"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--seed", "1"], "--seed"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--cutoff", "0.6"], "--cutoff"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--frames", "0:3"], "--frames"),
+                          (["--lr", str(fitted["gt"]), "--steps", "2"], str(fitted["gt"] / "bikes.mkv"))]:
+        assert main([*base, *change]) == 2, change
+        err = capsys.readouterr().err
+        assert named in err and "new --out" in err and err.count("\n") == 1, err
+    assert not out.exists() and len(list(parts_dir(out).glob("*.clip.json"))) == 1
+    # --floor only shapes the density: the same curves resume under another one.
+    assert main([*base, "--lr", str(fitted["lr"]), "--steps", "2", "--floor", "0.1"]) == 0
+    assert "resuming: 1 of 2 clip(s)" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------- noise sweep
 
 
