@@ -73,16 +73,26 @@ def _pixel_builder(kind: str) -> Callable[[dict[str, Any], torch.device, Path | 
 
 
 def _with_precision(model: torch.nn.Module, precision: str, device: torch.device) -> ScoreFn:
+    """The model's score function; it takes a prepared reference and carries ``prepare_ref`` to make one."""
     if precision == "fp32":
-        return lambda pred, ref: model(pred, ref)
+        def score(pred: torch.Tensor, prepared: Any) -> torch.Tensor:
+            return model.distance(pred, prepared)
+
+        score.prepare_ref = model.reference  # type: ignore[attr-defined]
+        return score
 
     # bfloat16 convolutions (float32 statistics after them): single 720p VGG layers ran 2-3x faster on this
     # AVX512-BF16 CPU, but scores move by up to 2% (DISTS on the Kodak pairs), so it is opt-in and recorded.
-    def score(pred: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+    def score_bf16(pred: torch.Tensor, prepared: Any) -> torch.Tensor:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            return model(pred, ref)
+            return model.distance(pred, prepared)
 
-    return score
+    def prepare_bf16(ref: torch.Tensor) -> Any:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return model.reference(ref)
+
+    score_bf16.prepare_ref = prepare_bf16  # type: ignore[attr-defined]
+    return score_bf16
 
 
 def _build_lpips(net: str):
@@ -168,6 +178,14 @@ def _check_frames(x: Any, what: str) -> None:
         raise ValueError(f"{what} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Reference frames of shape ``shape`` in the form a metric scores against (frames or features)."""
+
+    shape: tuple[int, ...]
+    data: Any
+
+
 class Metric:
     """A configured metric: ``metric(pred, ref=None) -> (N,)`` float64 per-frame scores on the CPU."""
 
@@ -191,14 +209,36 @@ class Metric:
         if self.needs_reference:
             if ref is None:
                 raise ValueError(f"{self.name} is a full-reference metric: pass ref")
+            return self.score(pred, self.reference(ref))
+        if ref is not None:
             _check_frames(ref, f"{self.name}: ref")
             if ref.shape != pred.shape:
-                raise ValueError(f"{self.name}: pred {tuple(pred.shape)} and ref {tuple(ref.shape)} "
-                                 "differ in shape")
-        elif ref is not None and ref.shape != pred.shape:
-            ref = None  # no-reference metrics ignore a reference of another size
+                ref = None  # no-reference metrics ignore a reference of another size
+        return self._run(pred, ref.to(self.device) if ref is not None else None)
+
+    def reference(self, ref: torch.Tensor) -> Reference:
+        """``ref`` prepared once for scoring several predictions against it with :meth:`score`.
+
+        Network metrics (LPIPS, DISTS) keep the reference's features, so each further prediction costs one
+        network pass instead of two; the others keep the frames.
+        """
+        _check_frames(ref, f"{self.name}: ref")
+        ref = ref.to(self.device)
+        prepare = getattr(self._fn, "prepare_ref", None)
+        if prepare is None:
+            return Reference(tuple(ref.shape), ref)
+        with torch.inference_mode():
+            return Reference(tuple(ref.shape), prepare(ref))
+
+    def score(self, pred: torch.Tensor, reference: Reference) -> torch.Tensor:
+        """Per-frame scores ``(N,)`` of ``pred`` against a prepared :meth:`reference` of the same shape."""
+        _check_frames(pred, f"{self.name}: pred")
+        if tuple(pred.shape) != reference.shape:
+            raise ValueError(f"{self.name}: pred {tuple(pred.shape)} and ref {reference.shape} differ in shape")
+        return self._run(pred, reference.data)
+
+    def _run(self, pred: torch.Tensor, ref: Any) -> torch.Tensor:
         pred = pred.to(self.device)
-        ref = ref.to(self.device) if ref is not None else None
         with torch.inference_mode():
             out = self._fn(pred, ref)
         out = torch.as_tensor(out).to(torch.float64).reshape(-1).cpu()

@@ -189,17 +189,26 @@ class LPIPS(nn.Module):
         self.register_buffer("shift", _channel_vector(LPIPS_SHIFT))
         self.register_buffer("scale", _channel_vector(LPIPS_SCALE))
 
-    def forward(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        n = pred.shape[0]
-        x = torch.cat([pred, ref]) * 2 - 1  # (2N, 3, H, W) in [-1, 1]
-        x = ((x - self.shift) / self.scale).contiguous(memory_format=torch.channels_last)
-        total = torch.zeros(n, dtype=torch.float32, device=x.device)
-        for tap, w in zip(self.net(x), self.lins, strict=True):
-            tap = tap.float()
-            tap = tap / (tap.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            d = (tap[:n] - tap[n:]).pow(2).mean((2, 3))  # (N, C): spatial mean commutes with the 1×1 head
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Channel-normalised features of images in [0, 1]."""
+        x = ((x * 2 - 1 - self.shift) / self.scale).contiguous(memory_format=torch.channels_last)
+        taps = [t.float() for t in self.net(x)]
+        return [t / (t.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for t in taps]
+
+    def reference(self, ref: torch.Tensor) -> list[torch.Tensor]:
+        """The reference side of the distance, computed once to score several predictions against it."""
+        return self._taps(ref)
+
+    def distance(self, pred: torch.Tensor, reference: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS of ``pred`` against a prepared :meth:`reference` of the same shape → ``(N,)``."""
+        total = torch.zeros(pred.shape[0], dtype=torch.float32, device=pred.device)
+        for tap, ref_tap, w in zip(self._taps(pred), reference, self.lins, strict=True):
+            d = (tap - ref_tap).pow(2).mean((2, 3))  # (N, C): spatial mean commutes with the 1×1 head
             total = total + d @ w
         return total
+
+    def forward(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return self.distance(pred, self.reference(ref))
 
 
 class DISTS(nn.Module):
@@ -218,23 +227,34 @@ class DISTS(nn.Module):
         self.register_buffer("mean", _channel_vector(IMAGENET_MEAN))
         self.register_buffer("std", _channel_vector(IMAGENET_STD))
 
-    def forward(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        n = pred.shape[0]
-        x = torch.cat([pred, ref])  # (2N, 3, H, W)
+    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        feats = [x, *(f.float() for f in self.net(h))]
+        return [x, *(f.float() for f in self.net(h))]
+
+    def reference(self, ref: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per tap (features, channel means, channel variances) of ``ref``, to score several predictions."""
+        out = []
+        for f in self._feats(ref):
+            m = f.mean((2, 3))  # (N, C)
+            out.append((f, m, (f - m[..., None, None]).pow(2).mean((2, 3))))
+        return out
+
+    def distance(self, pred: torch.Tensor,
+                 reference: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """DISTS of ``pred`` against a prepared :meth:`reference` of the same shape → ``(N,)``."""
         c = 1e-6
-        score = torch.zeros(n, dtype=torch.float32, device=x.device)
+        score = torch.zeros(pred.shape[0], dtype=torch.float32, device=pred.device)
         start = 0
-        for f, width in zip(feats, self.CHANNELS, strict=True):
+        for fx, (fy, my, vy), width in zip(self._feats(pred), reference, self.CHANNELS, strict=True):
             a, b = self.alpha[start:start + width], self.beta[start:start + width]
             start += width
-            fx, fy = f[:n], f[n:]
-            mx, my = fx.mean((2, 3)), fy.mean((2, 3))  # (N, C)
+            mx = fx.mean((2, 3))  # (N, C)
             vx = (fx - mx[..., None, None]).pow(2).mean((2, 3))
-            vy = (fy - my[..., None, None]).pow(2).mean((2, 3))
             cov = (fx * fy).mean((2, 3)) - mx * my
             s1 = (2 * mx * my + c) / (mx.pow(2) + my.pow(2) + c)
             s2 = (2 * cov + c) / (vx + vy + c)
             score = score + s1 @ a + s2 @ b
         return 1 - score
+
+    def forward(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return self.distance(pred, self.reference(ref))

@@ -8,7 +8,11 @@ clip: ``align_dx``/``align_dy``, the estimated global shift against the ground t
 Resuming: every finished (method, clip) job writes its rows to ``OUT.parts/`` under a temporary name and
 renames it; at the end the parts are merged into ``OUT`` (again written and renamed). A rerun of the same
 command reads ``OUT`` and the parts, and computes only the (method, clip, metric) triples that are
-missing, so an interrupted run loses at most the job in progress. The protocol (crop border, colour
+missing, so an interrupted run loses at most the clip in progress.
+
+Sharing: the methods of a clip are scored together (as many as fit :data:`GROUP_BYTES` of decoded
+frames), and a full-reference metric prepares each ground-truth batch once for all of them, so LPIPS and
+DISTS run M + 1 network passes per frame for M methods instead of 2M. The protocol (crop border, colour
 space, frame subset, metric versions and options, weight hashes, methods) is stored in the parquet
 file's metadata under ``cascadevsr.protocol`` and beside it as ``OUT.protocol.json``; a rerun with
 settings that would change existing numbers is refused.
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 import hashlib
 import json
 import logging
@@ -285,22 +288,37 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W) in [0, 1]
 
 
-def score_clip(metric: Metric, pred: np.ndarray, ref: np.ndarray | None, batch_size: int) -> np.ndarray:
-    """Per-frame scores ``(T,)`` of one clip (``uint8 (T, H, W, 3)``), ``batch_size`` frames at a time.
+def score_clips(metric: Metric, preds: list[np.ndarray], ref: np.ndarray | None,
+                batch_size: int) -> list[np.ndarray]:
+    """Per-frame scores ``(T,)`` of several outputs of one clip (``uint8 (T, H, W, 3)`` each).
 
-    Temporal metrics get each batch with the previous frame prepended, so every frame after the first
-    is scored against its predecessor exactly once.
+    Frames go ``batch_size`` at a time. A full-reference metric prepares each reference batch once and
+    scores every output against it: LPIPS and DISTS then run their network once per output frame instead
+    of twice. Temporal metrics get each batch with the previous frame prepended, so every frame after the
+    first is scored against its predecessor exactly once.
     """
-    t = len(pred)
-    out = np.full(t, np.nan)
-    for a in range(0, t, batch_size):
-        b = min(a + batch_size, t)
-        lo = a - 1 if (metric.temporal and a > 0) else a
-        p = _to_tensor(pred[lo:b])
-        r = _to_tensor(ref[lo:b]) if (ref is not None and metric.needs_reference) else None
-        vals = metric(p, r).numpy()
-        out[a:b] = vals[a - lo:]
-    return out
+    outs = [np.full(len(p), np.nan) for p in preds]
+    if ref is None or not metric.needs_reference:
+        for pred, out in zip(preds, outs, strict=True):
+            for a, b, lo in _batches(metric, len(pred), batch_size):
+                out[a:b] = metric(_to_tensor(pred[lo:b])).numpy()[a - lo:]
+        return outs
+    for a, b, lo in _batches(metric, len(ref), batch_size):
+        prepared = metric.reference(_to_tensor(ref[lo:b]))
+        for pred, out in zip(preds, outs, strict=True):
+            out[a:b] = metric.score(_to_tensor(pred[lo:b]), prepared).numpy()[a - lo:]
+    return outs
+
+
+def _batches(metric: Metric, t: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """(first frame scored, end, first frame fed) of each batch; temporal metrics also get the frame before."""
+    return [(a, min(a + batch_size, t), a - 1 if (metric.temporal and a > 0) else a)
+            for a in range(0, t, batch_size)]
+
+
+def score_clip(metric: Metric, pred: np.ndarray, ref: np.ndarray | None, batch_size: int) -> np.ndarray:
+    """Per-frame scores ``(T,)`` of one output of one clip; see :func:`score_clips`."""
+    return score_clips(metric, [pred], ref, batch_size)[0]
 
 
 def _job_key(method: str, clip: str) -> str:
@@ -430,6 +448,69 @@ def write_method_outputs(folder: Path, method: str, clip: str, frames: np.ndarra
     video.write_video(dest / f"{clip}.mp4", frames, fps or 25.0, codec="ffv1")
 
 
+# Decoded method outputs of one clip held at once so that they share the reference's features; above this,
+# a clip's methods are scored in several groups (each group recomputes the reference side once).
+GROUP_BYTES = 1024**3
+
+
+def _group_jobs(jobs: list[tuple[MethodSource, str]],
+                nbytes: Callable[[MethodSource, str], int]) -> list[list[tuple[MethodSource, str]]]:
+    """Consecutive jobs of the same clip, in groups whose outputs fit :data:`GROUP_BYTES` (at least one)."""
+    groups: list[list[tuple[MethodSource, str]]] = []
+    held = 0
+    for m, clip in jobs:
+        size = nbytes(m, clip)
+        if groups and groups[-1][0][1] == clip and held + size <= GROUP_BYTES:
+            groups[-1].append((m, clip))
+            held += size
+        else:
+            groups.append([(m, clip)])
+            held = size
+    return groups
+
+
+def _frames_bytes(folders: dict[str, dict[str, Clip]], gt: dict[str, Clip], lr: dict[str, Clip],
+                  cfg: EvalConfig, m: MethodSource, clip: str) -> int:
+    """Bytes of a method's decoded frames of ``clip`` (estimated from the GT or LR size for executed methods)."""
+    if m.folder is not None:
+        t, h, w = folders[m.name][clip].info()
+    elif gt:
+        t, h, w = gt[clip].info()
+    else:
+        t, h, w = lr[clip].info()
+        h, w = round(h * cfg.scale), round(w * cfg.scale)
+    t = len(range(cfg.start, t if cfg.end is None else min(cfg.end, t), cfg.step))
+    return t * h * w * 3
+
+
+def _run_method(cfg: EvalConfig, m: MethodSource, lr_clip: Clip, ref: np.ndarray | None,
+                records: list[tuple[str, str, int | None, str, float]]) -> np.ndarray:
+    """Run an executed method (baseline, checkpoint) on the LR clip; records its runtime per frame."""
+    lr_frames = lr_clip.read(cfg.start, cfg.end, cfg.step)
+    size = ref.shape[1:3] if ref is not None else (round(lr_frames.shape[1] * cfg.scale),
+                                                   round(lr_frames.shape[2] * cfg.scale))
+    t0 = time.perf_counter()
+    pred = np.concatenate([m.upscaler(lr_frames[a:a + cfg.batch_size], size)
+                           for a in range(0, len(lr_frames), cfg.batch_size)])
+    records.append((m.name, lr_clip.name, None, RUNTIME_METRIC, (time.perf_counter() - t0) / len(lr_frames)))
+    if cfg.save_outputs is not None:
+        write_method_outputs(Path(cfg.save_outputs), m.name, lr_clip.name, pred, clip_fps(lr_clip))
+    return pred
+
+
+def _score_rows(method: str, clip: str, metric: str, scores: np.ndarray, temporal_metric: bool,
+                cfg: EvalConfig) -> list[tuple[str, str, int | None, str, float]]:
+    """Per-frame rows and the clip mean; a temporal metric has no value for the first frame."""
+    frame_ids = np.arange(cfg.start, cfg.start + len(scores) * cfg.step, cfg.step)[: len(scores)]
+    keep = np.ones(len(scores), bool)
+    if temporal_metric:
+        keep[0] = False
+    rows = [(method, clip, int(f), metric, float(v)) for f, v in zip(frame_ids[keep], scores[keep], strict=True)]
+    vals = scores[keep]
+    mean = float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else math.nan
+    return [*rows, (method, clip, None, metric, mean)]
+
+
 def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
                    on_job_done: Callable[[str, str], None] | None = None) -> RunResult:
     """Evaluate ``methods`` on the clips of ``cfg`` and write/extend ``cfg.out``.
@@ -480,77 +561,67 @@ def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
         pdir.mkdir(parents=True, exist_ok=True)
         (pdir / "protocol.json").write_text(json.dumps(protocol, indent=1, sort_keys=True))
 
-    @functools.lru_cache(maxsize=2)
-    def read_gt(clip: str) -> np.ndarray | None:
-        # Jobs go clip by clip, so every method of a clip shares one decoded ground truth.
-        return gt[clip].read(cfg.start, cfg.end, cfg.step) if gt else None
+    groups = _group_jobs(jobs, lambda m, c: _frames_bytes(folders, gt, lr, cfg, m, c))
 
-    def load(m: MethodSource, clip: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(reference or None, method frames or None for executed methods); runs in a worker thread."""
-        if m.generated:
-            return read_gt(clip), None
-        return read_gt(clip), folders[m.name][clip].read(cfg.start, cfg.end, cfg.step)
+    def load(group: list[tuple[MethodSource, str]]) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+        """(reference or None, each method's frames or None for executed methods); runs in a worker thread."""
+        clip = group[0][1]
+        ref = gt[clip].read(cfg.start, cfg.end, cfg.step) if gt else None
+        return ref, [None if m.generated else folders[m.name][clip].read(cfg.start, cfg.end, cfg.step)
+                     for m, _ in group]
 
     computed: list[tuple[str, str, str]] = []
     started = time.perf_counter()
+    done_jobs = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=cfg.workers) as pool:
         pending: collections.deque = collections.deque()
-        queue = iter(jobs)
+        queue = iter(groups)
         for _ in range(cfg.workers):
-            job = next(queue, None)
-            if job is not None:
-                pending.append((job, pool.submit(load, *job)))
-        for i in range(len(jobs)):
-            (m, clip), fut = pending.popleft()
+            group = next(queue, None)
+            if group is not None:
+                pending.append((group, pool.submit(load, group)))
+        while pending:
+            group, fut = pending.popleft()
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(load, *nxt)))
-            ref, pred = fut.result()
-            records: list[tuple[str, str, int | None, str, float]] = []
-            todo = wanted(m, clip)
-            if m.generated:
-                lr_frames = lr[clip].read(cfg.start, cfg.end, cfg.step)
-                size = ref.shape[1:3] if ref is not None else (round(lr_frames.shape[1] * cfg.scale),
-                                                               round(lr_frames.shape[2] * cfg.scale))
-                t0 = time.perf_counter()
-                pred = np.concatenate([m.upscaler(lr_frames[a:a + cfg.batch_size], size)
-                                       for a in range(0, len(lr_frames), cfg.batch_size)])
-                per_frame = (time.perf_counter() - t0) / len(lr_frames)
-                records.append((m.name, clip, None, RUNTIME_METRIC, per_frame))
-                if cfg.save_outputs is not None:
-                    write_method_outputs(Path(cfg.save_outputs), m.name, clip, pred, clip_fps(lr[clip]))
-            if ref is not None and pred.shape != ref.shape:
-                raise UserError(f"clip '{clip}': method '{m.name}' gives frames of shape {pred.shape[1:]}, "
-                                f"the ground truth {ref.shape[1:]}.")
-            frame_ids = np.arange(cfg.start, cfg.start + len(pred) * cfg.step, cfg.step)[: len(pred)]
-            for n in todo:
-                if n == ALIGN_METRICS[0]:
+                pending.append((nxt, pool.submit(load, nxt)))
+            ref, preds = fut.result()
+            clip = group[0][1]
+            group_methods = [m for m, _ in group]
+            records: dict[str, list[tuple[str, str, int | None, str, float]]] = {m.name: [] for m in group_methods}
+            todo = {m.name: wanted(m, clip) for m in group_methods}
+            for i, m in enumerate(group_methods):
+                if m.generated:
+                    preds[i] = _run_method(cfg, m, lr[clip], ref, records[m.name])
+                if ref is not None and preds[i].shape != ref.shape:
+                    raise UserError(f"clip '{clip}': method '{m.name}' gives frames of shape {preds[i].shape[1:]}, "
+                                    f"the ground truth {ref.shape[1:]}.")
+                if ALIGN_METRICS[0] in todo[m.name]:
                     try:
-                        dx, dy = temporal.clip_shift(_to_tensor(pred), _to_tensor(ref))
+                        dx, dy = temporal.clip_shift(_to_tensor(preds[i]), _to_tensor(ref))
                     except ValueError:  # frames too small to search ±3 px
                         dx = dy = math.nan
-                    records += [(m.name, clip, None, "align_dx", dx), (m.name, clip, None, "align_dy", dy)]
+                    records[m.name] += [(m.name, clip, None, "align_dx", dx), (m.name, clip, None, "align_dy", dy)]
+            for n in cfg.metrics:
+                who = [i for i, m in enumerate(group_methods) if n in todo[m.name]]
+                if not who:
                     continue
                 try:
-                    scores = score_clip(metrics[n], pred, ref, cfg.batch_size)
+                    all_scores = score_clips(metrics[n], [preds[i] for i in who], ref, cfg.batch_size)
                 except ValueError as err:
                     raise UserError(f"metric '{n}' cannot score clip '{clip}': {err}.") from None
-                # A temporal metric has no value for the first frame; any other NaN is a real "undefined".
-                keep = np.ones(len(scores), bool)
-                if metrics[n].temporal:
-                    keep[0] = False
-                records += [(m.name, clip, int(f), n, float(v)) for f, v in zip(frame_ids[keep], scores[keep],
-                                                                                strict=True)]
-                vals = scores[keep]
-                mean = float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else math.nan
-                records.append((m.name, clip, None, n, mean))
-                computed.append((m.name, clip, n))
-            part = pdir / f"{_job_key(m.name, clip)}-{uuid.uuid4().hex[:8]}.parquet"
-            write_results(_as_rows(records), part, None)
-            log.info("[%d/%d] %s / %s: %s (%.1f s elapsed)", i + 1, len(jobs), m.name, clip,
-                     ", ".join(n for n in todo), time.perf_counter() - started)
-            if on_job_done is not None:
-                on_job_done(m.name, clip)
+                for i, scores in zip(who, all_scores, strict=True):
+                    name = group_methods[i].name
+                    records[name] += _score_rows(name, clip, n, scores, metrics[n].temporal, cfg)
+                    computed.append((name, clip, n))
+            for m in group_methods:
+                part = pdir / f"{_job_key(m.name, clip)}-{uuid.uuid4().hex[:8]}.parquet"
+                write_results(_as_rows(records[m.name]), part, None)
+                done_jobs += 1
+                log.info("[%d/%d] %s / %s: %s (%.1f s elapsed)", done_jobs, len(jobs), m.name, clip,
+                         ", ".join(todo[m.name]), time.perf_counter() - started)
+                if on_job_done is not None:
+                    on_job_done(m.name, clip)
 
     rows, _ = _load_existing(cfg.out)
     rows = rows.sort_values(["method", "clip", "metric", "frame"], na_position="last", kind="stable")

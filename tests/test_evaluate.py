@@ -276,3 +276,44 @@ def test_tiled_upscaling_equals_whole_frame_upscaling_when_tiles_see_their_conte
         tiled = upscale_tiled(model, lr, tile=16, pad=18)
     assert whole.shape == (1, 3, 160, 208)
     assert torch.allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.fixture
+def alexnet_passes(monkeypatch) -> list[int]:
+    """Batch sizes of every AlexNet forward pass (the real network, observed)."""
+    from cascadevsr.evaluate import nets
+
+    passes: list[int] = []
+    real_forward = nets.AlexNetTaps.forward
+
+    def counting_forward(self, x):
+        passes.append(len(x))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(nets.AlexNetTaps, "forward", counting_forward)
+    return passes
+
+
+def test_methods_of_a_clip_share_the_reference_features(data, tmp_path, alexnet_passes):
+    """Two methods against one ground truth: LPIPS' network runs on each GT batch once, not once per method."""
+    together = run_evaluation(_config(data, tmp_path / "both.parquet", ["lpips"]), _methods(data)).rows
+    # 2 clips × 3 frames in batches of 2 → 4 reference batches and 8 output batches (6 frames each side)
+    assert len(alexnet_passes) == 4 + 8 and sum(alexnet_passes) == 6 + 2 * 6
+    separate = pd.concat([run_evaluation(_config(data, tmp_path / f"{m.name}.parquet", ["lpips"]), [m]).rows
+                          for m in _methods(data)])
+    key = ["method", "clip", "metric", "frame"]
+    a = together[together["metric"] == "lpips"].sort_values(key).reset_index(drop=True)
+    b = separate[separate["metric"] == "lpips"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_clips_too_large_to_hold_together_are_scored_method_by_method(data, tmp_path, monkeypatch,
+                                                                       alexnet_passes):
+    from cascadevsr.evaluate import run
+
+    monkeypatch.setattr(run, "GROUP_BYTES", 1)  # every method's frames exceed it: one method per group
+    rows = run_evaluation(_config(data, tmp_path / "r.parquet", ["lpips"]), _methods(data)).rows
+    assert len(alexnet_passes) == 2 * (4 + 4)  # each method recomputes the reference side
+    monkeypatch.setattr(run, "GROUP_BYTES", 2**40)
+    whole = run_evaluation(_config(data, tmp_path / "whole.parquet", ["lpips"]), _methods(data)).rows
+    pd.testing.assert_frame_equal(rows, whole)

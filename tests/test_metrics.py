@@ -178,6 +178,19 @@ def test_batched_scores_equal_frame_by_frame_scores(city_frames):
         assert batched.tolist() == pytest.approx(single.tolist(), rel=1e-5)
 
 
+def test_a_prepared_reference_scores_several_outputs_like_separate_calls(city_frames):
+    gt = torch.from_numpy(city_frames[:2, :96, :160]).permute(0, 3, 1, 2).float() / 255
+    blurred = torch.from_numpy(_degraded(city_frames[:2, :96, :160])).permute(0, 3, 1, 2).float() / 255
+    noisy = (gt + 0.05 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    for name in ("lpips", "dists", "ssim"):
+        m = create_metric(name)
+        ref = m.reference(gt)
+        for out in (blurred, noisy):
+            assert m.score(out, ref).tolist() == pytest.approx(m(out, gt).tolist(), rel=1e-6, abs=1e-9)
+        with pytest.raises(ValueError, match="differ in shape"):
+            m.score(blurred[:1], ref)
+
+
 def test_metric_table_carries_direction_and_reference_needs():
     assert METRICS["psnr"].lower_better is False and METRICS["lpips"].lower_better is True
     assert METRICS["niqe"].needs_reference is False and METRICS["dists"].needs_reference is True
