@@ -154,6 +154,14 @@ def check_base_model_folder(spec: str) -> tuple[str, Path]:
     return kind, folder
 
 
+def base_vae_spec(spec: str) -> dict[str, Any]:
+    """The latent-codec spec (``cascadevsr.latent.make_codec``) of the VAE inside base model ``spec``, without
+    loading anything: ``wan:DIR`` -> ``{"name": "wan", "path": "DIR/vae"}``, the codec :func:`load_base_model`
+    builds and the one whose latent the model-guided step hands back."""
+    kind, folder = parse_base_model_spec(spec)
+    return {"name": kind, "path": str(folder / "vae")}
+
+
 def check_clip_frames(spec: str, num_frames: int) -> None:
     """Refuse, from the base model's VAE config alone, a clip length its latent codec cannot encode
     (``1 + time_factor·k`` frames), before a corpus job starts workers that would fail on every clip."""

@@ -25,10 +25,15 @@ Codecs (``make_codec(spec)``, spec = ``{"name": ..., **options}``):
   way each model's own pipeline does it (per-channel mean/std for Wan, ``scaling_factor`` for the others).
   Our choice: ``encode`` returns the posterior mean (deterministic, so cached latents are reproducible);
   pass ``generator=`` to sample from the posterior instead.
+
+:func:`same_codec` tells whether two specs give the same latents (a VAE named by two paths to one folder,
+or by two folders with identical files, is one codec), so a latent made by one part of the system (the
+model-guided degradation's base model) can stand in for an encode by another (the corpus's codec).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -270,3 +275,61 @@ def make_codec(spec: dict[str, Any] | str, device: str | torch.device = "cpu") -
             raise UserError(f"codec '{name}' needs a 'path' to a local diffusers VAE folder")
         return load_vae_codec(name, spec.pop("path"), device=device, **spec)
     raise UserError(f"unknown codec '{name}'; choose from {['pixel', *sorted(VAE_KINDS)]}")
+
+
+def codec_description(codec: LatentCodec) -> dict[str, Any]:
+    """JSON-ready description of ``codec``: its :meth:`~LatentCodec.spec`, or just ``{"name": ...}`` for a VAE
+    built in memory (which has no spec to rebuild it from, and so matches no other codec in :func:`same_codec`)."""
+    try:
+        return dict(codec.spec())
+    except ValueError:
+        return {"name": codec.name}
+
+
+def same_codec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether codec specs ``a`` and ``b`` give the same latents.
+
+    Pixel codecs: the same factors (defaults filled in). VAEs: the same kind and options, and either the
+    same folder once links and relative paths are resolved, or two folders whose config and weight files
+    are byte-identical (:func:`vae_folder_sha256`; only hashed when the folders differ). A VAE spec without a
+    path, or a folder that does not exist, matches nothing: the caller then falls back to encoding.
+    """
+    a, b = dict(a), dict(b)
+    name = a.pop("name", None)
+    if name != b.pop("name", None):
+        return False
+    if name == "pixel":
+        try:
+            return PixelCodec(**a).spec() == PixelCodec(**b).spec()
+        except (TypeError, ValueError):
+            return False
+    if name not in VAE_KINDS:
+        return False
+    path_a, path_b = a.pop("path", None), b.pop("path", None)
+    if not isinstance(path_a, str) or not isinstance(path_b, str) or a != b:
+        return False
+    folder_a, folder_b = Path(path_a).expanduser().resolve(), Path(path_b).expanduser().resolve()
+    if folder_a == folder_b:
+        return (folder_a / "config.json").is_file()
+    digest_a = vae_folder_sha256(folder_a)
+    return digest_a is not None and digest_a == vae_folder_sha256(folder_b)
+
+
+# What a diffusers model folder's latents depend on: its config and its (possibly sharded) weights.
+VAE_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+
+
+def vae_folder_sha256(folder: str | Path) -> str | None:
+    """SHA-256 over the names and contents of a VAE folder's config and weight files (``VAE_FILE_PATTERNS``),
+    or None when the folder has no ``config.json``. Read in 1 MiB chunks, so a large VAE costs no memory."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return None
+    files = sorted({f for pattern in VAE_FILE_PATTERNS for f in folder.glob(pattern) if f.is_file()})
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())  # name and length: no two files blur into one
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

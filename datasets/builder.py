@@ -375,6 +375,8 @@ def build_corpus(cfg: CorpusConfig, *, show_progress: bool = True,
     if cfg.latent_codec:
         check_latent_codec(cfg, lr_size)
     check_base_model_setting(cfg, pipeline)
+    if note := model_guided_latent_note(cfg, pipeline):
+        say(note)
     musiq = find_musiq_weights(cfg.musiq_weights)
     planned = (out / "plan.parquet").exists()
     sources = [] if planned else expand_inputs(cfg.inputs)
@@ -440,6 +442,25 @@ def check_base_model_setting(cfg: CorpusConfig, pipeline: Any) -> None:
         check_clip_frames(cfg.base_model, cfg.clip_frames)  # checks the folder's layout first
     elif cfg.base_model:
         check_base_model_folder(cfg.base_model)
+
+
+def model_guided_latent_note(cfg: CorpusConfig, pipeline: Any) -> str:
+    """A line for the user when a model-guided corpus stores latents with another codec than the base model's
+    VAE (the LR latents are then encodings of the LR frames, not the denoised latents); empty otherwise."""
+    from cascadevsr.degrade.model_guided import uses_model_guided
+
+    if not (cfg.latent_codec and cfg.base_model and uses_model_guided(pipeline)):
+        return ""
+    from cascadevsr.base_model import base_vae_spec
+    from cascadevsr.datasets.config import codec_spec
+    from cascadevsr.latent import same_codec
+
+    vae = base_vae_spec(cfg.base_model)
+    if same_codec(codec_spec(cfg.latent_codec), vae):
+        return ""
+    return (f"note: --latent-codec {cfg.latent_codec} is not the base model's VAE ({vae['path']}), so the LR "
+            "latents of model-guided samples are encodings of their LR frames, not the base model's denoised "
+            f"latents; pass --latent-codec {vae['name']}:{vae['path']} to store those.")
 
 
 def check_latent_codec(cfg: CorpusConfig, lr_size: tuple[int, int]) -> None:

@@ -19,6 +19,13 @@ Sample format (one tar member per entry, webdataset naming ``KEY.EXT``)::
     KEY.params.json  source, frame range, HR framing, filter measures, preset, every resolved
                      parameter, seeds, package versions: enough to regenerate the LR clip
     KEY.lr_latent.npy / KEY.hr_latent.npy   with --latent-codec: float32 (C, t, h, w) latents
+
+The HR latent is always the encoding of the HR frames. The LR latent is the encoding of the LR frames,
+except in a model-guided sample whose last frame-changing step was the model-guided one, when the corpus's
+``--latent-codec`` is the base model's VAE: then it is the base model's denoised latent ĉ0 itself
+(SimpleGVR §4.2.2 stores ĉ0 rather than re-encoding its decoding), and ``lr.mp4`` holds its decoding.
+Samples of a preset with a model-guided step say which in ``params.json``: ``"lr_latent_source"`` is
+``"model_guided"`` or ``"encoded"``; samples of other presets have no such key (their LR latent is encoded).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ SAMPLE_ENTRIES: dict[str, str] = {
     "params.json": "UTF-8 JSON record of the source, framing, filters, degradation and versions",
 }
 LATENT_ENTRIES: dict[str, str] = {
-    "lr_latent.npy": "LR latent, float32 .npy (C, t, h, w) from --latent-codec",
+    "lr_latent.npy": "LR latent, float32 .npy (C, t, h, w) from --latent-codec, or the model-guided step's "
+                     "denoised latent when that codec is the base model's VAE (params.json: lr_latent_source)",
     "hr_latent.npy": "HR latent, float32 .npy (C, t, H, W) from --latent-codec",
 }
 # x264's macroblock-tree rate control made identical frames encode to different bytes depending on what
@@ -169,6 +177,7 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
     """Turn one clip into a webdataset sample dict (or ``None``) and its manifest row; never raises.
 
     ``base_model`` is the loaded ``cfg.base_model`` for a model-guided step."""
+    from cascadevsr.degrade.model_guided import uses_model_guided
     from cascadevsr.degrade.pipeline import degrade_clip, derive_seed
     from cascadevsr.video import encode_video, read_frames
 
@@ -201,7 +210,15 @@ def make_sample(clip: ClipSpec, cfg: CorpusConfig, pipeline: Any, musiq_weights:
         }
         hr_bytes = encode_video(pair.hr, fps, **HR_CODEC)
         lr_bytes = encode_video(pair.lr, fps, **LR_CODEC)
-        latents = encode_latents(cfg.latent_codec, pair.hr, pair.lr) if cfg.latent_codec else {}
+        latents: dict[str, bytes] = {}
+        if cfg.latent_codec:
+            denoised = stored_lr_latent(cfg.latent_codec, pair)
+            latents = encode_latents(cfg.latent_codec, pair.hr, pair.lr if denoised is None else None)
+            if denoised is not None:
+                latents["lr_latent.npy"] = npy_bytes(denoised)
+            if uses_model_guided(pipeline):
+                # Only where it can be either: other presets' shards keep their bytes.
+                params["lr_latent_source"] = "encoded" if denoised is None else "model_guided"
     except Exception as err:  # one bad clip is a row, never the end of the shard
         reason = one_line(err, with_type=not isinstance(err, UserError))
         log.warning("shard %s clip %s (%s) failed: %s", shard, clip.key, clip.source, reason)
@@ -230,22 +247,58 @@ def latent_codec(text: str) -> Any:
     return _CODECS[text]
 
 
-def encode_latents(text: str, hr: np.ndarray, lr: np.ndarray) -> dict[str, bytes]:
-    """``hr_latent.npy`` / ``lr_latent.npy`` entries: float32 ``(C, t, h, w)`` latents of uint8 clips."""
-    import io
-
+def encode_latents(text: str, hr: np.ndarray, lr: np.ndarray | None) -> dict[str, bytes]:
+    """``hr_latent.npy`` / ``lr_latent.npy`` entries: float32 ``(C, t, h, w)`` latents of uint8 clips (no
+    ``lr_latent.npy`` when ``lr`` is None)."""
     import torch
 
     codec = latent_codec(text)
     out = {}
     for name, frames in (("hr_latent.npy", hr), ("lr_latent.npy", lr)):
+        if frames is None:
+            continue
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
         with torch.no_grad():
             z = codec.encode(x).float().cpu().numpy()  # (C, t, h, w)
-        buf = io.BytesIO()
-        np.save(buf, z, allow_pickle=False)
-        out[name] = buf.getvalue()
+        out[name] = npy_bytes(z)
     return out
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (no pickle)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+_SAME_CODEC: dict[tuple[str, str], bool] = {}
+
+
+def stored_lr_latent(text: str, pair: Any) -> np.ndarray | None:
+    """The pair's own LR latent (the model-guided step's ĉ0) when ``--latent-codec`` ``text`` is the codec it
+    lives in, else None (the LR frames are then encoded). The comparison is made once per process and codec."""
+    if pair.lr_latent is None or pair.lr_latent_codec is None:
+        return None
+    import json
+
+    from cascadevsr.latent import latent_frames, same_codec
+
+    key = (text, json.dumps(pair.lr_latent_codec, sort_keys=True))
+    if key not in _SAME_CODEC:
+        from cascadevsr.datasets.config import codec_spec
+
+        _SAME_CODEC[key] = same_codec(codec_spec(text), pair.lr_latent_codec)
+    if not _SAME_CODEC[key]:
+        return None
+    codec = latent_codec(text)
+    (num, h, w), s = pair.lr.shape[:3], codec.space_factor
+    want = (codec.channels, latent_frames(num, codec.time_factor), h // s, w // s)
+    if tuple(pair.lr_latent.shape) != want:
+        raise ValueError(f"the model-guided latent has shape {tuple(pair.lr_latent.shape)}, but the LR clip's "
+                         f"latent would be {want}")
+    return np.ascontiguousarray(pair.lr_latent, dtype=np.float32)
 
 
 def process_shard(spec: ShardSpec, report: Report | None = None) -> ShardResult:

@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, help="downscaling factor HR/LR (default 4)")
     size.add_argument("--lr-size", help="LR size WxH instead of --scale (non-integer factors allowed)")
-    parser.add_argument("--out", help="output folder for hr.mp4, lr.mp4, params.json")
+    parser.add_argument("--out", help="output folder for hr.mp4, lr.mp4, params.json (and lr_latent.npy after a "
+                        "model_guided step)")
     parser.add_argument("--base-model", metavar="SPEC",
                         help="base video model for the model_guided step: wan:DIR (DIR holds transformer/ and vae/)")
     parser.add_argument("--preview", action="store_true", help="also write preview.png (HR | LR up | motion)")
@@ -104,6 +105,10 @@ def degrade_video(input_path: str | Path, out: str | Path, *, preset: str = "rea
                   base_model: str | None = None) -> dict[str, Any]:
     """Degrade one video into folder ``out`` (``hr.mp4``, ``lr.mp4``, ``params.json``, ``preview.png``).
 
+    When the LR frames are the decoding of the model-guided step's denoised latent (no later step changed
+    them), that latent is saved as ``lr_latent.npy`` (float32 ``(C, t, h, w)``) and described in the record
+    under ``lr_latent``: file, source, shape and the spec of the base model's VAE it lives in.
+
     Everything is written to a temporary folder beside ``out`` and moved in at the end, so a failure
     leaves nothing half-written. Returns the params record. ``lr_size`` is ``(height, width)``; without
     it and without ``scale`` the factor is 4. ``base_model`` is a spec for
@@ -143,6 +148,9 @@ def degrade_video(input_path: str | Path, out: str | Path, *, preset: str = "rea
         **pair.record,
         "versions": _package_versions(),
     }
+    if pair.lr_latent is not None:
+        record["lr_latent"] = {"file": "lr_latent.npy", "source": "model_guided",
+                               "shape": list(pair.lr_latent.shape), "codec": pair.lr_latent_codec}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -150,17 +158,25 @@ def degrade_video(input_path: str | Path, out: str | Path, *, preset: str = "rea
         write_video(tmp / "hr.mp4", pair.hr, info.fps, codec="libx264", crf=4)
         write_video(tmp / "lr.mp4", pair.lr, info.fps, codec="ffv1")
         (tmp / "params.json").write_text(json.dumps(record, indent=1) + "\n")
+        if pair.lr_latent is not None:
+            import numpy as np
+
+            np.save(tmp / "lr_latent.npy", pair.lr_latent, allow_pickle=False)
         if preview:
             from cascadevsr.degrade.preview import write_preview
 
             write_preview(tmp / "preview.png", pair.hr, pair.lr)
         out.mkdir(exist_ok=True)
+        if pair.lr_latent is None:
+            (out / "lr_latent.npy").unlink(missing_ok=True)  # an earlier run's latent would not match lr.mp4
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     h, w = pair.lr.shape[1:3]
     log.debug("degrade record: %s", record["steps"])
-    print(f"wrote {out}/hr.mp4, lr.mp4 ({w}x{h}, {len(pair.lr)} frames), params.json"
-          f"{', preview.png' if preview else ''} in {time.perf_counter() - t0:.1f} s", flush=True)
+    extras = (", lr_latent.npy (the model-guided denoised latent)" if pair.lr_latent is not None else "") + (
+        ", preview.png" if preview else "")
+    print(f"wrote {out}/hr.mp4, lr.mp4 ({w}x{h}, {len(pair.lr)} frames), params.json{extras} "
+          f"in {time.perf_counter() - t0:.1f} s", flush=True)
     return record

@@ -8,10 +8,17 @@ while keeping the source's structure; larger α gives more of the model and less
 samples α in [0.3, 0.4]; it gives neither the number of denoising steps, the prompt nor the guidance, so
 ``steps`` is ours (see :class:`ModelGuidedConfig`) and the condition is whatever the base model was given.
 
+The paper keeps the denoised latent ẑ_0 (its ĉ0) itself as the LR input of the VSR model: decoding it and
+encoding the frames again would lose detail and is not what the base model hands the VSR model at inference.
+So besides the frames, :func:`apply_model_guided_latent` returns ẑ_0 as a :class:`DenoisedLatent` (float32
+``(C, t, h, w)`` and the spec of the VAE it lives in); the pipeline passes it on as
+``DegradedPair.lr_latent`` only while no later step changes the frames, and the corpus builder stores it as
+``lr_latent.npy`` when the corpus's ``--latent-codec`` is that same VAE (``cascadevsr.latent.same_codec``).
+
 The base model is not part of the params: it arrives in ``ctx.base_model`` (``--base-model wan:DIR``), and
 ``degrade_clip`` stores its description beside the steps. ε comes from a ``torch.Generator`` seeded from the
 params and the codec and denoiser run in float32 on the CPU with one thread, so a record replays to the same
-frames (given the same base model and torch build).
+frames and the same latent (given the same base model and torch build).
 """
 
 from __future__ import annotations
@@ -68,11 +75,33 @@ def draw_noise(shape: tuple[int, ...], seed: int) -> Any:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class DenoisedLatent:
+    """The base model's denoised latent ẑ_0 of one clip and the codec it lives in."""
+
+    latent: np.ndarray
+    """float32 ``(C, t, h, w)``; ``h, w`` are the clip's sides over the codec's space factor."""
+    codec: dict[str, Any]
+    """JSON-ready spec of the base model's VAE (``cascadevsr.latent.codec_description``)."""
+
+
 def apply_model_guided(frames: np.ndarray, params: ModelGuidedParams, ctx: Context) -> np.ndarray:
     """Float frames ``(T, H, W, 3)`` -> the same shape after encode, noise to α, denoise, decode.
 
     ``T`` must be ``1 + k·time_factor`` of the base model's codec. Sides that are not a multiple of the
     model's size multiple are padded by edge replication and cropped back afterwards.
+    """
+    return apply_model_guided_latent(frames, params, ctx)[0]
+
+
+def apply_model_guided_latent(frames: np.ndarray, params: ModelGuidedParams,
+                              ctx: Context) -> tuple[np.ndarray, DenoisedLatent | None]:
+    """:func:`apply_model_guided` that also returns the denoised latent ẑ_0 the frames were decoded from.
+
+    The frames are the same bytes :func:`apply_model_guided` gives. When the sides were padded, ẑ_0 covers
+    the padded frame and is cropped to its top-left ``(H / s, W / s)`` cells (the padding sits at the bottom
+    and right, and the latent grid is aligned with the pixel grid); when a side is not a multiple of the
+    codec's space factor ``s`` no latent covers the clip exactly and the latent is None.
     """
     model = ctx.base_model
     if model is None:
@@ -99,13 +128,22 @@ def apply_model_guided(frames: np.ndarray, params: ModelGuidedParams, ctx: Conte
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _model_guided(x, params, model, height, width)
+        out, z = _model_guided(x, params, model, height, width)
     finally:
         torch.set_num_threads(threads)
+    s = codec.space_factor
+    if height % s or width % s:
+        return out, None
+    from cascadevsr.latent import codec_description
+
+    latent = np.ascontiguousarray(z[:, :, : height // s, : width // s], dtype=np.float32)  # (C, t, h, w)
+    return out, DenoisedLatent(latent, codec_description(codec))
 
 
-def _model_guided(x: np.ndarray, params: ModelGuidedParams, model: Any, height: int, width: int) -> np.ndarray:
-    """Encode, noise, denoise, decode padded frames ``x``; crop back to ``(height, width)``."""
+def _model_guided(x: np.ndarray, params: ModelGuidedParams, model: Any, height: int,
+                  width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encode, noise, denoise, decode padded frames ``x``; returns the frames cropped back to ``(height,
+    width)`` and the denoised latent ``(C, t, h', w')`` of the padded frames."""
     import torch
 
     codec = model.codec
@@ -115,9 +153,10 @@ def _model_guided(x: np.ndarray, params: ModelGuidedParams, model: Any, height: 
         alpha = float(params.alpha)
         z = (1.0 - alpha) * z0 + alpha * draw_noise(tuple(z0.shape), params.seed)
         generator = torch.Generator().manual_seed(int(params.seed) ^ 0x5EED)
-        z = model.denoise(z, alpha, int(params.steps), generator)
+        z = model.denoise(z, alpha, int(params.steps), generator)  # (1, C, t, h, w): ẑ_0
         out = codec.decode(z)[0].permute(0, 2, 3, 1).float().numpy()  # (T, H', W', 3)
-    return np.ascontiguousarray(out[:, :height, :width], dtype=np.float32)
+        latent = z[0].float().cpu().numpy()  # (C, t, h, w)
+    return np.ascontiguousarray(out[:, :height, :width], dtype=np.float32), latent
 
 
 def uses_model_guided(pipeline: Any) -> bool:

@@ -17,7 +17,9 @@ Running a pipeline on a clip is two pure phases:
 2. ``apply_record(frames, record, ctx)`` applies the record. It draws nothing, so replaying a record saved
    in ``params.json`` regenerates the LR clip bit for bit, with or without the seed.
 
-``degrade_clip`` wraps both with the frame conversions and the HR transform.
+``degrade_clip`` wraps both with the frame conversions and the HR transform. When the LR frames are the
+decoding of a latent (the model-guided step's ẑ_0, the paper's ĉ0) and nothing changed them after that step,
+the pair also carries that latent (``DegradedPair.lr_latent``): see ``apply_record_with_latent``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Op:
     sample: Callable[..., Any]
     apply: Callable[..., np.ndarray]
     params: type
+    apply_latent: Callable[..., tuple[np.ndarray, Any]] | None = None
+    """For a step whose frames are decoded from a latent: ``apply`` that also returns that latent (a
+    ``model_guided.DenoisedLatent`` or None), giving the same frames."""
 
 
 OPS: dict[str, Op] = {
@@ -65,7 +70,8 @@ OPS: dict[str, Op] = {
     "codec": Op(codec.CodecConfig, codec.sample_codec, codec.apply_codec, codec.CodecParams),
     "flow": Op(flow.FlowConfig, flow.sample_flow, flow.apply_flow, flow.FlowParams),
     "model_guided": Op(model_guided.ModelGuidedConfig, model_guided.sample_model_guided,
-                       model_guided.apply_model_guided, model_guided.ModelGuidedParams),
+                       model_guided.apply_model_guided, model_guided.ModelGuidedParams,
+                       model_guided.apply_model_guided_latent),
 }
 
 HR_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
@@ -220,11 +226,16 @@ def sample_pipeline(pipeline: Pipeline, rng: np.random.Generator, strength: floa
     return record
 
 
-def _apply_step(frames: np.ndarray, entry: dict[str, Any], ctx: Context) -> np.ndarray:
+def _apply_step(frames: np.ndarray, entry: dict[str, Any], ctx: Context,
+                latent: Any) -> tuple[np.ndarray, Any]:
+    """One record entry; the latent the frames are the decoding of after it (None once a pixel op ran)."""
     if not entry["applied"]:
-        return frames
+        return frames, latent  # a skipped step leaves the frames, and so their latent, as they were
     op = OPS[entry["op"]]
-    return op.apply(frames, op.params(**entry["params"]), ctx)
+    params = op.params(**entry["params"])
+    if op.apply_latent is not None:
+        return op.apply_latent(frames, params, ctx)
+    return op.apply(frames, params, ctx), None
 
 
 def apply_record(frames: np.ndarray, record: list[dict[str, Any]], ctx: Context,
@@ -235,22 +246,36 @@ def apply_record(frames: np.ndarray, record: list[dict[str, Any]], ctx: Context,
     produces exactly the requested size. ``base_model`` (if given) replaces ``ctx.base_model`` for the
     model-guided step.
     """
+    return apply_record_with_latent(frames, record, ctx, progress, base_model=base_model)[0]
+
+
+def apply_record_with_latent(frames: np.ndarray, record: list[dict[str, Any]], ctx: Context,
+                             progress: Callable[[str], None] | None = None, *,
+                             base_model: Any = None) -> tuple[np.ndarray, Any]:
+    """:func:`apply_record` that also returns the latent the LR frames are the decoding of, or None.
+
+    That latent is the model-guided step's ``DenoisedLatent`` when that step was the last one to change
+    the frames: any applied step after it (resize, blur, noise, codec, ...) and the final resize to
+    ``ctx.lr_size`` make it stale, so it is dropped. Steps that were not applied change nothing.
+    """
     if base_model is not None:
         ctx = dataclasses.replace(ctx, base_model=base_model)
+    latent = None
     for entry in record:
         if entry["op"] == "shuffle":
             for gi in entry["order"]:
                 for inner in entry["groups"][gi]:
-                    frames = _apply_step(frames, inner, ctx)
+                    frames, latent = _apply_step(frames, inner, ctx, latent)
                     if progress:
                         progress(inner["op"])
         else:
-            frames = _apply_step(frames, entry, ctx)
+            frames, latent = _apply_step(frames, entry, ctx, latent)
             if progress:
                 progress(entry["op"])
     if frames.shape[1:3] != tuple(ctx.lr_size):
         frames = classical.resize_frames(frames, ctx.lr_size, "area")
-    return frames
+        latent = None  # the latent covers the frames before this resize
+    return frames, latent
 
 
 def record_length(record: list[dict[str, Any]]) -> int:
@@ -293,11 +318,19 @@ def lr_size_for(hr_size: tuple[int, int], scale: float | None = None,
 
 @dataclass(frozen=True)
 class DegradedPair:
-    """An LR/HR training pair: uint8 ``(T, H, W, 3)`` frames and the JSON-ready record that made it."""
+    """An LR/HR training pair: uint8 ``(T, H, W, 3)`` frames and the JSON-ready record that made it.
+
+    ``lr_latent`` is set when the LR frames are the decoding of a latent that no later step changed: the
+    model-guided step's denoised latent ẑ_0 (the paper's ĉ0), which is the LR input the paper trains on.
+    ``lr`` is then its decoding (cropped back where the step padded the frames) rounded to uint8."""
 
     hr: np.ndarray
     lr: np.ndarray
     record: dict[str, Any]
+    lr_latent: np.ndarray | None = None
+    """float32 ``(C, t, h, w)``: the LR latent as the base model produced it, or None."""
+    lr_latent_codec: dict[str, Any] | None = None
+    """Spec of the VAE ``lr_latent`` lives in (``{"name": "wan", "path": ".../vae"}``), or None."""
 
 
 def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength: float = 1.0,
@@ -308,7 +341,8 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
     With ``scale``, HR is cropped (top-left anchored) to a multiple of the scale so that ``HR = scale × LR``
     exactly; with ``lr_size`` (h, w) the HR frames are kept whole and the factor may be non-integer.
     ``base_model`` (a ``cascadevsr.base_model.BaseModel``) is what a model-guided step denoises with; the
-    record then describes it under ``base_model``.
+    record then describes it under ``base_model``, and the pair carries the step's denoised latent when no
+    later step changed the frames (see :class:`DegradedPair`).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise UserError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}.")
@@ -321,7 +355,8 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
                   base_model=base_model)
     record = sample_pipeline(pipeline, np.random.default_rng(seed), strength, len(frames))
     hr_float = _transformed_hr(frames, pipeline.hr_transform)
-    lr = to_uint8(apply_record(hr_float, record, ctx, progress))
+    lr_float, latent = apply_record_with_latent(hr_float, record, ctx, progress)
+    lr = to_uint8(lr_float)
     hr = np.ascontiguousarray(frames) if pipeline.hr_transform == "none" else to_uint8(hr_float)
     full_record = {
         "preset": pipeline.name,
@@ -338,7 +373,9 @@ def degrade_clip(frames: np.ndarray, pipeline: Pipeline, seed: int, *, strength:
         from cascadevsr.base_model import describe_base_model
 
         full_record["base_model"] = describe_base_model(base_model)
-    return DegradedPair(hr=hr, lr=lr, record=full_record)
+    if latent is None:
+        return DegradedPair(hr=hr, lr=lr, record=full_record)
+    return DegradedPair(hr=hr, lr=lr, record=full_record, lr_latent=latent.latent, lr_latent_codec=latent.codec)
 
 
 def _transformed_hr(frames: np.ndarray, hr_transform: str) -> np.ndarray:

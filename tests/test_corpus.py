@@ -283,6 +283,10 @@ def test_a_latent_codec_stores_latents_that_decode_to_the_stored_clips(tmp_path)
     samples = tar_samples(out)
     assert len(samples) == 2
     for sample in samples.values():
+        assert set(sample) == {"__shard__", "hr.mp4", "lr.mp4", "params.json", "hr_latent.npy", "lr_latent.npy"}
+        # Only presets with a model-guided step say where the LR latent came from; here it is always encoded,
+        # and the samples keep the bytes they had before that record existed.
+        assert "lr_latent_source" not in json.loads(sample["params.json"])
         hr, lr = (np.load(io.BytesIO(sample[f"{side}_latent.npy"])) for side in ("hr", "lr"))
         assert hr.dtype == lr.dtype == np.float32
         assert hr.shape == (192, 3, 16, 16) and lr.shape == (192, 3, 4, 4)  # (C, (9 - 1) / 4 + 1, h, w)
