@@ -544,9 +544,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: str = "auto",
         use_stored = False
         if corpus.get("latent_codec"):
             from cascadevsr.datasets.config import codec_spec
+            from cascadevsr.latent import same_codec
 
-            with contextlib.suppress(Exception):  # a corpus VAE that is not here: fall back to the cache
-                use_stored = make_codec(codec_spec(corpus["latent_codec"])).spec() == codec.spec()
+            # Compared without loading the corpus's VAE; one that is not here matches nothing (cache instead).
+            with contextlib.suppress(Exception):
+                use_stored = same_codec(codec_spec(corpus["latent_codec"]), codec.spec())
         nw = cfg.data.num_workers
         per_worker = cfg.micro_batch * math.ceil(cfg.data.samples_per_epoch / (max(1, nw) * cfg.micro_batch))
         data_args = {"cache_dir": cache_dir, "use_stored": use_stored}
