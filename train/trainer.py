@@ -549,6 +549,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: str = "auto",
             # Compared without loading the corpus's VAE; one that is not here matches nothing (cache instead).
             with contextlib.suppress(Exception):
                 use_stored = same_codec(codec_spec(corpus["latent_codec"]), codec.spec())
+            if use_stored and cfg.data.latents == "encode" and dist.main:
+                # Model-guided samples' stored LR latent is the base model's own; re-encoding frames loses that.
+                log.warning("the corpus stores latents of this codec; --set data.latents=cache trains on them "
+                            "instead of encoding frames every step")
         nw = cfg.data.num_workers
         per_worker = cfg.micro_batch * math.ceil(cfg.data.samples_per_epoch / (max(1, nw) * cfg.micro_batch))
         data_args = {"cache_dir": cache_dir, "use_stored": use_stored}
