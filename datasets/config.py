@@ -431,10 +431,26 @@ def _absolute_paths(merged: tuple[dict[str, Any], dict[str, str]]) -> tuple[dict
     kind, sep, folder = (values.get("base_model") or "").partition(":")
     if sep and folder:  # workers may run in another folder
         values["base_model"] = f"{kind}:{Path(folder).expanduser().absolute()}"
+    values["latent_codec"] = _absolute_codec(values.get("latent_codec"))
     preset = values.get("preset")
     if preset and Path(preset).suffix in (".yaml", ".yml"):
         values["preset"] = str(Path(preset).expanduser().resolve())
     return values, origins
+
+
+def _absolute_codec(text: str | None) -> str | None:
+    """A VAE codec's folder made absolute (``wan:vae`` → ``wan:/abs/vae``, also inside the JSON form), so that
+    workers and the trainer, wherever they run, find the same VAE."""
+    if not text:
+        return text
+    if text.strip().startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):
+            spec = json.loads(text)
+            if isinstance(spec, dict) and isinstance(spec.get("path"), str) and spec["path"]:
+                return json.dumps({**spec, "path": str(Path(spec["path"]).expanduser().absolute())})
+        return text
+    kind, sep, folder = text.partition(":")
+    return f"{kind}:{Path(folder).expanduser().absolute()}" if sep and folder else text
 
 
 def _build(merged: tuple[dict[str, Any], dict[str, str]], file_given: bool) -> CorpusConfig:

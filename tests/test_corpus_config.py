@@ -119,6 +119,12 @@ def test_relative_paths_are_taken_from_the_working_folder(tmp_path, monkeypatch)
     assert cfg.inputs == (str(tmp_path / "videos"),) and cfg.out == str(tmp_path / "corpus")
     assert cfg.preset == str(tmp_path / "presets" / "mine.yaml")
     assert config.exists()
+    # a VAE folder too, in both spellings of --latent-codec; the weightless pixel codec has none
+    assert resolve("--config", "corpus.yaml", "--latent-codec", "wan:models/vae").latent_codec == (
+        f"wan:{tmp_path / 'models' / 'vae'}")
+    as_json = resolve("--config", "corpus.yaml", "--set", "latent_codec={name: wan, path: vae}").latent_codec
+    assert json.loads(as_json) == {"name": "wan", "path": str(tmp_path / "vae")}
+    assert resolve("--config", "corpus.yaml", "--latent-codec", "pixel").latent_codec == "pixel"
 
 
 def test_dry_run_prints_yaml_that_loads_back_to_the_same_config(tmp_path, capsys):
