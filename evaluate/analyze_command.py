@@ -6,8 +6,9 @@
 
 ``timesteps`` (timesteps.py) measures the high-frequency detail each sampling step adds and writes the
 detail-aware sampler's density; ``noise-aug`` (noise_sweep.py) scores checkpoints trained with different
-noise-augmentation ranges at several test noise levels. Both resume: rerunning an interrupted command computes
-only what it had not finished.
+noise-augmentation ranges at several test noise levels. Both resume: rerunning an interrupted or finished
+command computes only what it had not finished, and one whose settings would change the existing numbers is
+refused.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         description="Run a (uniform-trained) checkpoint's N-step inference on LR clips, measure "
                                     "the DCT high-frequency change of x̂0 across every step, and write the "
                                     "detail-aware timestep density (SimpleGVR §4.3, Fig. 5). Each finished "
-                                    "clip is kept in OUT.parts/ until the outputs are written, so rerunning "
-                                    "an interrupted analysis with the same settings analyses only the "
-                                    "missing clips.")
+                                    "clip is kept in OUT.parts/ until the outputs are written, and the outputs "
+                                    "keep every clip's curve, so a rerun with the same curve settings "
+                                    "analyses only the clips missing from both (none when the analysis "
+                                    "finished; only the new ones when given more clips); --floor and "
+                                    "--max-clips may change.")
     ts.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     ts.add_argument("--lr", required=True, nargs="+", action="extend", metavar="DIR_OR_VIDEO",
                     help="LR clips: folders of clips and/or video files")
@@ -45,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "training mass (default 0: the literal density, no mass on the last step's interval)")
     ts.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda, auto; default cpu)")
     ts.add_argument("--out", required=True,
-                    help="output folder (an interrupted analysis resumes from OUT.parts/ when rerun)")
+                    help="output folder (a rerun reuses the clips finished here and in OUT.parts/)")
 
     na = sub.add_parser("noise-aug", help="checkpoints × test noise levels → metrics parquet (Fig. 7)",
                         description="Run checkpoints trained with different noise-augmentation ranges on LR "

@@ -24,14 +24,17 @@ variation*. Choices that are ours (the paper leaves them open):
 
 Outputs in ``--out``: ``timesteps.parquet`` (``clip, step, t_from, t_to, variation``; the rows with
 ``clip = "mean"`` are the mean over clips of each step), ``density.json`` and ``analysis.json`` (the
-protocol and the resolved config).
+protocol, the settings that shape the curves and the resolved config).
 
 Resuming works like the noise-augmentation sweep's: each finished clip (its record, grid and curve) is
-written to ``OUT.parts/`` as soon as it is done, a rerun analyses only the clips missing there, and the
-outputs are then the same bytes an uninterrupted run writes; the folder is removed once they are. A rerun
-whose settings would change a clip's curve (checkpoint file, steps, noise level, seed, frames, cut-off,
-device, the checkpoint's inference settings, or the file a clip name points to) is refused; ``--floor`` and
-``--max-clips`` may change, as they only shape the density or choose clips.
+written to ``OUT.parts/`` as soon as it is done, and the folder is removed once the outputs are written. A
+rerun reads back the clips finished there and in the outputs of an earlier finished analysis (records from
+``analysis.json``, curves from ``timesteps.parquet``, both exact) and analyses only the rest, so rerunning a
+finished analysis computes nothing and one given more clips computes only those; the outputs are the same
+bytes one uninterrupted run writes. A rerun whose settings would change a clip's curve (checkpoint file,
+steps, noise level, seed, frames, cut-off, device, the checkpoint's inference settings, or the file a clip
+name points to) is refused; ``--floor`` and ``--max-clips`` may change, as they only shape the density or
+choose clips.
 """
 
 from __future__ import annotations
@@ -56,15 +59,16 @@ import torch.nn.functional as F
 from cascadevsr import __version__
 from cascadevsr.errors import UserError
 from cascadevsr.evaluate.clips import VIDEO_SUFFIXES, Clip, discover
-from cascadevsr.evaluate.run import parts_dir, write_results
+from cascadevsr.evaluate.run import parts_dir, read_rows, write_results
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("clip", "step", "t_from", "t_to", "variation")
+DTYPES = {"clip": "string", "step": "int64", "t_from": "float64", "t_to": "float64", "variation": "float64"}
 MEAN_CLIP = "mean"
 FORMAT = "cascadevsr.timesteps/1"
 PART_SUFFIX = ".clip.json"
-# The settings that change a clip's curve, with what sets each: parts computed under others are not resumed.
+# The settings that change a clip's curve, with what sets each: clips computed under others are not reused.
 # --floor, --max-clips and --lr are not among them: they shape the density or choose the clips.
 CURVE_SETTINGS = {
     "checkpoint_sha256": "--checkpoint (the file's SHA-256)",
@@ -193,7 +197,7 @@ class TimestepConfig:
 @dataclass
 class TimestepResult:
     """What an analysis wrote: the rows, the density (edges, bin probabilities) and the protocol, and the
-    clips analysed in this run (the others were resumed from ``OUT.parts/``)."""
+    clips analysed in this run (the others were read back from ``OUT.parts/`` or the finished outputs)."""
 
     rows: pd.DataFrame
     edges: list[float]
@@ -353,8 +357,14 @@ def curve_settings(cfg: TimestepConfig, upscaler: Any, sha256: str, level: float
     return json.loads(json.dumps(settings))
 
 
-def check_resumable(old: dict[str, Any], new: dict[str, Any], pdir: Path) -> None:
-    """Refuse to resume parts computed under settings that would give other curves than this run's."""
+def _start_over(where: Path, finished: bool) -> str:
+    """How to start over when the clips in ``where`` (parts folder or finished outputs) cannot be reused."""
+    return f"give a new --out or delete {'the outputs in ' if finished else ''}{where} to start over"
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any], where: Path, finished: bool = False) -> None:
+    """Refuse to reuse clips computed under settings that would give other curves than this run's: the parts
+    folder ``where`` of an interrupted run or, with ``finished``, the outputs folder of a finished one."""
     for key, what in CURVE_SETTINGS.items():
         if old.get(key) == new[key]:
             continue
@@ -362,8 +372,55 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], pdir: Path) -> Non
         if isinstance(was, dict) and isinstance(now, dict):  # name only the entries that differ
             diff = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
             was, now = ({k: d.get(k) for k in diff} for d in (was, now))
-        raise UserError(f"{pdir} holds clips analysed with {what} {was}, but this run has {now}; rerun with the "
-                        f"same settings to resume, or give a new --out or delete {pdir} to start over.")
+        held, reuse = ("a finished analysis", "reuse its clips") if finished else ("clips analysed", "resume")
+        raise UserError(f"{where} holds {held} with {what} {was}, but this run has {now}; rerun with the same "
+                        f"settings to {reuse}, or {_start_over(where, finished)}.")
+
+
+def _check_same_file(curve: ClipCurve, clip: Clip, where: Path, finished: bool) -> None:
+    if Path(curve.path).resolve() != clip.path.resolve():
+        raise UserError(f"{where} holds clip '{curve.name}' analysed from {curve.path}, but this run reads it from "
+                        f"{clip.path}; {_start_over(where, finished)}.")
+
+
+def load_finished(out: Path, settings: dict[str, Any], clips: dict[str, Clip]) -> dict[str, ClipCurve]:
+    """The clips among ``clips`` in the outputs of a finished analysis in ``out``, by name, read back exactly:
+    records and settings from ``analysis.json``, curves from ``timesteps.parquet``.
+
+    Raises:
+        UserError: the outputs were computed with other settings (or do not record them), hold part of a
+            recorded clip's curve, or hold another file under a clip's name.
+    """
+    saved = out / "analysis.json"
+    if not saved.exists():
+        return {}
+    try:
+        analysis = json.loads(saved.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"cannot read {saved}: {err}; {_start_over(out, True)}.") from None
+    if "curve_settings" not in analysis:
+        raise UserError(f"{out} holds a finished analysis that does not record the settings of its curves "
+                        f"(an older version wrote it); {_start_over(out, True)}.")
+    check_resumable(analysis["curve_settings"], settings, out, finished=True)
+    rows = read_rows(out / "timesteps.parquet", DTYPES, "timestep analysis")[0]
+    done: dict[str, ClipCurve] = {}
+    for record in analysis["clips"]:
+        clip = clips.get(record["name"])
+        if clip is None:
+            continue
+        steps = rows[rows["clip"] == record["name"]].sort_values("step")
+        if steps.empty:  # a run stopped between writing timesteps.parquet and analysis.json: analysed again
+            continue
+        if steps["step"].tolist() != list(range(settings["steps"])):
+            raise UserError(f"{out / 'timesteps.parquet'} lacks steps of clip '{record['name']}' that "
+                            f"{saved} lists; {_start_over(out, True)}.")
+        curve = ClipCurve(name=record["name"], path=record["path"], frames=record["frames"],
+                          lr_size=record["lr_size"], high_frequency_coefficients=record["high_frequency_coefficients"],
+                          grid=[*steps["t_from"].tolist(), steps["t_to"].iloc[-1].item()],
+                          variation=steps["variation"].tolist())
+        _check_same_file(curve, clip, out, finished=True)
+        done[curve.name] = dataclasses.replace(curve, path=str(clip.path))
+    return done
 
 
 def load_parts(pdir: Path, settings: dict[str, Any], clips: dict[str, Clip]) -> dict[str, ClipCurve]:
@@ -386,9 +443,7 @@ def load_parts(pdir: Path, settings: dict[str, Any], clips: dict[str, Clip]) -> 
         clip = clips.get(curve.name)
         if clip is None or curve.name in done:
             continue
-        if Path(curve.path).resolve() != clip.path.resolve():
-            raise UserError(f"{pdir} holds clip '{curve.name}' analysed from {curve.path}, but this run reads "
-                            f"it from {clip.path}; give a new --out or delete {pdir} to start over.")
+        _check_same_file(curve, clip, pdir, finished=False)
         done[curve.name] = dataclasses.replace(curve, path=str(clip.path))
     return done
 
@@ -420,8 +475,9 @@ def run_timestep_analysis(cfg: TimestepConfig,
                           on_clip_done: Callable[[str], None] | None = None) -> TimestepResult:
     """Run the analysis of ``cfg`` and write ``timesteps.parquet``, ``density.json`` and ``analysis.json``.
 
-    Clips already finished in ``OUT.parts/`` by an interrupted run with the same settings are not analysed
-    again. ``on_clip_done(name)`` is called after each analysed clip's part is safely on disk.
+    Clips already finished with the same settings, in ``OUT.parts/`` by an interrupted run or in the outputs
+    of a finished one, are not analysed again. ``on_clip_done(name)`` is called after each analysed clip's
+    part is safely on disk.
     """
     from cascadevsr.fetch import sha256_file
     from cascadevsr.train import flow
@@ -442,10 +498,14 @@ def run_timestep_analysis(cfg: TimestepConfig,
 
     settings = curve_settings(cfg, upscaler, sha256, level)
     pdir = parts_dir(cfg.out)
-    done = load_parts(pdir, settings, {n: clips[n] for n in names})
+    # Both are read before anything is written, so a refused rerun leaves the disk as it was.
+    finished = load_finished(cfg.out, settings, {n: clips[n] for n in names})
+    parts = load_parts(pdir, settings, {n: clips[n] for n in names if n not in finished})
+    done = finished | parts
     todo = [n for n in names if n not in done]
     if done:
-        print(f"resuming: {len(done)} of {len(names)} clip(s) already analysed in {pdir}")
+        where = [f"{len(d)} in {p}" for d, p in ((finished, cfg.out), (parts, pdir)) if d]
+        print(f"resuming: {len(done)} of {len(names)} clip(s) already analysed ({', '.join(where)})")
     if todo:
         pdir.mkdir(parents=True, exist_ok=True)
         _write_atomically(pdir / "protocol.json", json.dumps(settings, indent=1, sort_keys=True))
@@ -488,17 +548,17 @@ def run_timestep_analysis(cfg: TimestepConfig,
                     "train": "cascadevsr train --set sampler=detail_aware "
                              "--set sampler_options.pdf_file=<out>/density.json"},
         "inference": upscaler.describe() | {"tile": upscaler.icfg.tile, "window": upscaler.icfg.window},
+        "curve_settings": settings,
         "clips": [c.info() for c in curves],
         "packages": {"cascadevsr": __version__, "torch": torch.__version__, "numpy": np.__version__},
     }
-    rows = pd.DataFrame.from_records(records, columns=list(COLUMNS)).astype(
-        {"clip": "string", "step": "int64", "t_from": "float64", "t_to": "float64", "variation": "float64"})
+    rows = pd.DataFrame.from_records(records, columns=list(COLUMNS)).astype(DTYPES)
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_results(rows, cfg.out / "timesteps.parquet", protocol)
     flow.write_density_file(cfg.out / "density.json", edges, pdf)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     config["lr"] = [str(p) for p in cfg.lr]
-    (cfg.out / "analysis.json").write_text(json.dumps({**protocol, "config": config}, indent=1))
+    _write_atomically(cfg.out / "analysis.json", json.dumps({**protocol, "config": config}, indent=1))
     remove_parts(pdir)  # only now: until every output is written, a rerun still finds every clip done
     print(f"wrote {cfg.out / 'timesteps.parquet'} ({len(rows)} rows), {cfg.out / 'density.json'} "
           f"({len(pdf)} bins), {cfg.out / 'analysis.json'}")

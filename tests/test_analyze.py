@@ -7,6 +7,7 @@ downscaling, large enough for LPIPS). The LR folder holds that clip and a bikes 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -203,6 +204,106 @@ def test_resuming_with_settings_that_change_the_curves_is_refused_in_one_sentenc
     # --floor only shapes the density: the same curves resume under another one.
     assert main([*base, "--lr", str(fitted["lr"]), "--steps", "2", "--floor", "0.1"]) == 0
     assert "resuming: 1 of 2 clip(s)" in capsys.readouterr().out
+
+
+OUTPUTS = ("timesteps.parquet", "density.json", "analysis.json")
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
+
+
+def test_rerunning_a_finished_timestep_analysis_computes_nothing_and_writes_the_same_bytes(fitted, tmp_path):
+    out = tmp_path / "ts"
+
+    def config(**changes) -> TimestepConfig:
+        return TimestepConfig(checkpoint=fitted["checkpoint"], lr=[fitted["lr"]], out=out, steps=3, **changes)
+
+    assert run_timestep_analysis(config()).computed == ["bikes", "city"]
+    finished = _outputs(out)
+    assert run_timestep_analysis(config()).computed == []
+    assert _outputs(out) == finished
+    assert not parts_dir(out).exists()
+
+    # --floor only shapes the density: the finished curves give the new one.
+    floored = run_timestep_analysis(config(floor=0.2))
+    assert floored.computed == []
+    rows = pd.read_parquet(out / "timesteps.parquet")
+    pd.testing.assert_frame_equal(rows, pd.read_parquet(io.BytesIO(finished["timesteps.parquet"])))
+    mean = rows[rows["clip"] == "mean"].sort_values("step")
+    assert json.loads((out / "density.json").read_text())["pdf"] == density_from_curve(
+        flow.timestep_grid(3), mean["variation"].tolist(), floor=0.2)[1]
+    # --max-clips only chooses clips: the first one is read back, not analysed again.
+    one = run_timestep_analysis(config(max_clips=1))
+    assert one.computed == [] and set(one.rows["clip"]) == {"bikes", "mean"}
+    # Stopped after timesteps.parquet, before analysis.json: a clip listed without rows is analysed again.
+    (out / "analysis.json").write_bytes(finished["analysis.json"])
+    assert run_timestep_analysis(config()).computed == ["city"]
+    assert _outputs(out) == finished
+
+
+def test_a_finished_timestep_analysis_given_more_clips_analyses_only_those(fitted, tmp_path):
+    out = tmp_path / "ts"
+
+    def config(lr: Path) -> TimestepConfig:
+        return TimestepConfig(checkpoint=fitted["checkpoint"], lr=[lr], out=out, steps=3)
+
+    run_timestep_analysis(config(fitted["lr"]))
+    uninterrupted = _outputs(out)
+    for name in OUTPUTS:
+        (out / name).unlink()
+
+    assert run_timestep_analysis(config(fitted["lr"] / "bikes.mkv")).computed == ["bikes"]
+    assert run_timestep_analysis(config(fitted["lr"])).computed == ["city"]
+    assert _outputs(out) == uninterrupted
+
+    # Interrupted after the added clip: its part and the finished outputs are both read, and nothing is
+    # analysed twice.
+    for name in OUTPUTS:
+        (out / name).unlink()
+    run_timestep_analysis(config(fitted["lr"] / "bikes.mkv"))
+    analysed = []
+
+    def stop(name: str) -> None:
+        analysed.append(name)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_timestep_analysis(config(fitted["lr"]), on_clip_done=stop)
+    assert analysed == ["city"] and len(list(parts_dir(out).glob("*.clip.json"))) == 1
+    assert [c["name"] for c in json.loads((out / "analysis.json").read_text())["clips"]] == ["bikes"]
+    assert run_timestep_analysis(config(fitted["lr"])).computed == []
+    assert _outputs(out) == uninterrupted
+    assert not parts_dir(out).exists()
+
+
+def test_rerunning_a_finished_analysis_with_settings_that_change_the_curves_is_refused(fitted, tmp_path, capsys):
+    out = tmp_path / "ts"
+    run_timestep_analysis(TimestepConfig(checkpoint=fitted["checkpoint"], lr=[fitted["lr"]], out=out, steps=2))
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    base = ["analyze", "timesteps", "--checkpoint", str(fitted["checkpoint"]), "--out", str(out)]
+    capsys.readouterr()
+    for change, named in [(["--lr", str(fitted["lr"]), "--steps", "3"], "--steps 2, but this run has 3"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--seed", "1"], "--seed"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--cutoff", "0.6"], "--cutoff"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--frames", "0:3"], "--frames"),
+                          (["--lr", str(fitted["lr"]), "--steps", "2", "--noise-level", "0.2"], "--noise-level"),
+                          (["--lr", str(fitted["gt"]), "--steps", "2"], str(fitted["gt"] / "bikes.mkv"))]:
+        assert main([*base, *change]) == 2, change
+        err = capsys.readouterr().err
+        assert named in err and "new --out" in err and f"delete the outputs in {out}" in err, err
+        assert err.count("\n") == 1, err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert not parts_dir(out).exists()
+    assert main([*base, "--lr", str(fitted["lr"]), "--steps", "2", "--floor", "0.1"]) == 0
+    assert f"resuming: 2 of 2 clip(s) already analysed (2 in {out})" in capsys.readouterr().out
+
+    # Outputs that do not record their curve settings cannot be checked, so they are not reused either.
+    analysis = json.loads((out / "analysis.json").read_text())
+    del analysis["curve_settings"]
+    (out / "analysis.json").write_text(json.dumps(analysis))
+    with pytest.raises(UserError, match="does not record the settings of its curves"):
+        run_timestep_analysis(TimestepConfig(checkpoint=fitted["checkpoint"], lr=[fitted["lr"]], out=out, steps=2))
 
 
 # ---------------------------------------------------------------------------------------- noise sweep
