@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadevsr.devices import resolve_device
 from cascadevsr.errors import UserError
 
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from cascadevsr.evaluate.command import parse_frames
 
     start, end = parse_frames(args.frames)
+    args.device = str(resolve_device(args.device))
     if args.analysis == "timesteps":
         from cascadevsr.evaluate.timesteps import TimestepConfig, run_timestep_analysis
 

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cascadevsr.devices import resolve_device
 from cascadevsr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         rows, existing_protocol = read_results(out)
         existing_methods = set(rows["method"].unique())
 
+    args.device = str(resolve_device(args.device))
     sources: list[MethodSource] = []
     for name, folder in parse_named(args.pred, "--pred").items():
         sources.append(MethodSource(name, "folder", folder=folder))

@@ -37,11 +37,11 @@ def pick_device(name: str, local_rank: int) -> Any:
     """``auto`` -> this rank's GPU when CUDA is available, else the CPU."""
     import torch
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
+    from cascadevsr.devices import resolve_device
+
+    device = resolve_device(name, flag="device")
+    if device.type == "cuda" and device.index is None:
+        device = resolve_device(f"cuda:{local_rank}", flag="device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

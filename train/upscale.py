@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cascadevsr.devices import resolve_device
 from cascadevsr.errors import UserError
 
 
@@ -51,16 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-weights", action="store_true",
                         help="use the raw weights even if EMA weights exist")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def peak_memory_mb(device: Any) -> float:
@@ -97,7 +88,7 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
     input_path, out = Path(input_path), Path(out)
     if not input_path.is_file():
         raise UserError(f"input {input_path} does not exist")
-    dev = _device(device)
+    dev = resolve_device(device)
     model, state = load_checkpoint(checkpoint, device=dev, prefer_ema=prefer_ema)
     codec = make_codec(model.cfg.codec, device=dev)
     if codec.channels != model.cfg.latent_channels:
