@@ -138,17 +138,26 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(file.parent, ignore_errors=True)
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint dict (on the CPU); an unreadable file raises a ``UserError`` naming it."""
+def read_file(file: Path) -> Any:
+    """``torch.load`` of a checkpoint file on the CPU; a truncated or foreign file raises a ``UserError``."""
     import torch
 
     from cascadevsr.errors import UserError
 
-    file = resolve(path)
     try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign file: say which and why
-        raise UserError(f"cannot read checkpoint {file}: {err}") from None
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # say which file and why, whatever the unpickler tripped on
+        raise UserError(f"cannot read checkpoint {file}: it is truncated or not a torch checkpoint "
+                        f"({type(err).__name__}: {err})") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dict (on the CPU); an unreadable file raises a ``UserError`` naming it."""
+
+    from cascadevsr.errors import UserError
+
+    file = resolve(path)
+    state = read_file(file)
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{file} is not a cascadevsr training checkpoint")
     state["_file"] = str(file)

@@ -513,11 +513,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     prefer_ema: bool = True) -> tuple[VSRModel, dict[str, Any]]:
     """Model (eval mode, EMA weights when present and ``prefer_ema``) and the raw checkpoint dict."""
+    from cascadevsr.train.checkpoint import read_file
+
     file = resolve_checkpoint(path)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which and why
-        raise UserError(f"cannot read checkpoint {file}: {err}") from None
+    state = read_file(file)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{file} is not a cascadevsr VSR checkpoint (format {CHECKPOINT_FORMAT})")
     model = build_model(state["model_config"])
