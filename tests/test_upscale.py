@@ -157,7 +157,13 @@ def test_upscale_refuses_bad_input_with_one_sentence(fitted, tmp_path, capsys):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 2, 4, 4), np.float32))
     assert cli_main(["upscale", str(bad), "--checkpoint", str(path), "--out", str(tmp_path / "o.mp4")]) == 2
-    assert "must hold a latent" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must hold a latent" in err and err.count("\n") == 1  # no progress bar started
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 64)
+    assert cli_main(["upscale", str(corrupt), "--checkpoint", str(path), "--out", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read video" in err and err.count("\n") == 1
     assert cli_main(["upscale", str(bad), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o.mp4")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 

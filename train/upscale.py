@@ -97,6 +97,18 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
     scale = model.cfg.scale if scale is None else scale
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    # The input is checked before the progress bar starts, so a bad file is one line on the terminal.
+    if input_path.suffix == ".npy":
+        try:
+            lr_latent = torch.from_numpy(np.load(input_path)).float()
+        except (ValueError, OSError, EOFError) as err:
+            raise UserError(f"cannot read {input_path} as a .npy latent ({err})") from None
+        lr_latent = lr_latent[None] if lr_latent.dim() == 4 else lr_latent
+        if lr_latent.dim() != 5 or lr_latent.shape[:2] != (1, codec.channels):
+            raise UserError(f"{input_path} must hold a latent (C, t, h, w) with C = {codec.channels}, "
+                            f"got shape {tuple(lr_latent.shape)}")
+    else:
+        info = video.probe(input_path)
     started = time.perf_counter()
     bar = tqdm(total=0, unit="eval", desc="upscale", disable=not show_progress)
 
@@ -104,11 +116,6 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
         bar.update(n)
 
     if input_path.suffix == ".npy":
-        lr_latent = torch.from_numpy(np.load(input_path)).float()
-        lr_latent = lr_latent[None] if lr_latent.dim() == 4 else lr_latent
-        if lr_latent.dim() != 5 or lr_latent.shape[:2] != (1, codec.channels):
-            raise UserError(f"{input_path} must hold a latent (C, t, h, w) with C = {codec.channels}, "
-                            f"got shape {tuple(lr_latent.shape)}")
         size = hr_latent_size(tuple(lr_latent.shape[-2:]), scale)
         bar.total = model_evaluations(lr_latent.shape[2], size, icfg)
         hr = upscale_latent(model, lr_latent.to(dev), size, icfg, progress=progress)
@@ -117,7 +124,6 @@ def upscale_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
         video.write_video(out, frames, fps, codec=video_codec, crf=crf)
         in_size = (lr_latent.shape[-2] * codec.space_factor, lr_latent.shape[-1] * codec.space_factor)
     else:
-        info = video.probe(input_path)
         num_frames, fps = info.num_frames, fps or info.fps or 24.0
         in_size = (info.height, info.width)
         sf, tf = codec.space_factor, codec.time_factor
