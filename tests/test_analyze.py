@@ -186,17 +186,25 @@ def test_an_interrupted_timestep_analysis_resumes_to_the_bytes_of_an_uninterrupt
     assert not parts_dir(out).exists()
 
 
+def _curve_changes(fitted) -> list[tuple[list[str], str]]:
+    """Reruns of a 2-step analysis of ``fitted["lr"]`` that would change its curves, each with what the refusal
+    must name."""
+    lr = ["--lr", str(fitted["lr"]), "--steps", "2"]
+    return [(["--lr", str(fitted["lr"]), "--steps", "3"], "--steps 2, but this run has 3"),
+            ([*lr, "--seed", "1"], "--seed"),
+            ([*lr, "--cutoff", "0.6"], "--cutoff"),
+            ([*lr, "--frames", "0:3"], "--frames"),
+            ([*lr, "--noise-level", "0.2"], "--noise-level"),
+            (["--lr", str(fitted["gt"]), "--steps", "2"], str(fitted["gt"] / "bikes.mkv"))]
+
+
 def test_resuming_with_settings_that_change_the_curves_is_refused_in_one_sentence(fitted, tmp_path, capsys):
     out = tmp_path / "ts"
     _interrupted_after_first_clip(TimestepConfig(checkpoint=fitted["checkpoint"], lr=[fitted["lr"]], out=out,
                                                  steps=2))
     base = ["analyze", "timesteps", "--checkpoint", str(fitted["checkpoint"]), "--out", str(out)]
     capsys.readouterr()
-    for change, named in [(["--lr", str(fitted["lr"]), "--steps", "3"], "--steps 2, but this run has 3"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--seed", "1"], "--seed"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--cutoff", "0.6"], "--cutoff"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--frames", "0:3"], "--frames"),
-                          (["--lr", str(fitted["gt"]), "--steps", "2"], str(fitted["gt"] / "bikes.mkv"))]:
+    for change, named in _curve_changes(fitted):
         assert main([*base, *change]) == 2, change
         err = capsys.readouterr().err
         assert named in err and "new --out" in err and err.count("\n") == 1, err
@@ -283,12 +291,7 @@ def test_rerunning_a_finished_analysis_with_settings_that_change_the_curves_is_r
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
     base = ["analyze", "timesteps", "--checkpoint", str(fitted["checkpoint"]), "--out", str(out)]
     capsys.readouterr()
-    for change, named in [(["--lr", str(fitted["lr"]), "--steps", "3"], "--steps 2, but this run has 3"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--seed", "1"], "--seed"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--cutoff", "0.6"], "--cutoff"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--frames", "0:3"], "--frames"),
-                          (["--lr", str(fitted["lr"]), "--steps", "2", "--noise-level", "0.2"], "--noise-level"),
-                          (["--lr", str(fitted["gt"]), "--steps", "2"], str(fitted["gt"] / "bikes.mkv"))]:
+    for change, named in _curve_changes(fitted):
         assert main([*base, *change]) == 2, change
         err = capsys.readouterr().err
         assert named in err and "new --out" in err and f"delete the outputs in {out}" in err, err
