@@ -108,11 +108,19 @@ def sample_codec(rng: np.random.Generator, cfg: CodecConfig, strength: float, nu
                        vbv_buffer_s=float(cfg.vbv_buffer_s), x264_preset=cfg.x264_preset)
 
 
+# libx264 takes its rate in kbit/s and FFmpeg truncates bits/s to that unit: below 1000 bits/s it passes 0,
+# and x264 refuses to open (an ABR or VBV rate of 0). Per-pixel scaling reaches that on tiny LR crops.
+X264_MIN_BITRATE = 1000
+
+
 def effective_bitrate(params: CodecParams, height: int, width: int) -> int:
-    """Target bits/s for a ``height × width`` clip: ``bitrate``, scaled by area in per-pixel mode."""
+    """Target bits/s for a ``height × width`` clip: ``bitrate``, scaled by area in per-pixel mode, and for
+    libx264 at least :data:`X264_MIN_BITRATE`, the lowest rate it accepts."""
     if params.reference_area <= 0:
-        return int(params.bitrate)
-    return max(1, round(params.bitrate * height * width / params.reference_area))
+        rate = int(params.bitrate)
+    else:
+        rate = max(1, round(params.bitrate * height * width / params.reference_area))
+    return max(rate, X264_MIN_BITRATE) if params.codec == "libx264" else rate
 
 
 def apply_codec(frames: np.ndarray, params: CodecParams, ctx: base.Context) -> np.ndarray:

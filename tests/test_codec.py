@@ -157,6 +157,17 @@ def test_per_pixel_mode_scales_the_bitrate_by_area():
     assert effective_bitrate(CodecParams("libx264", 10_000), 384, 672) == 10_000
 
 
+def test_a_bitrate_below_what_libx264_accepts_encodes_at_its_floor(city_frames):
+    """Per-pixel scaling takes a 16x16 crop to ~900 bits/s, which libx264 refuses to open below 1 kbit/s."""
+    tiny = np.ascontiguousarray(city_frames[:, :16, :16])
+    params = CodecParams("libx264", 10_000, reference_area=384 * 672)
+    assert effective_bitrate(params, 16, 16) == 1000  # 10_000 * 256 / 258_048 = 10 bits/s before the floor
+    packets = encode_clip(tiny, params, FPS)
+    assert packets == encode_clip(tiny, CodecParams("libx264", 1000), FPS)
+    assert decode_clip(packets, "libx264", len(tiny)).shape == tiny.shape
+    assert effective_bitrate(CodecParams("mpeg4", 10_000, reference_area=384 * 672), 16, 16) == 10  # no floor
+
+
 def test_strength_zero_samples_the_mild_bitrate_and_codecs_follow_their_probabilities():
     cfg = CodecConfig()
     rng = np.random.default_rng(0)
