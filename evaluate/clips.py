@@ -11,6 +11,7 @@ Anything else in the folder (``meta.json``, hidden files, notes) is ignored. Two
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,12 @@ class Clip:
                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
     def info(self) -> tuple[int, int, int]:
-        """``(frames, height, width)`` without decoding the whole clip."""
+        """``(frames, height, width)`` without decoding the whole clip; probed once per ``Clip``."""
+        return self._info
+
+    @functools.cached_property
+    def _info(self) -> tuple[int, int, int]:
+        # A run asks several times (planning, memory grouping); the file is opened once.
         if self.is_video:
             i = video.probe(self.path)
             return i.num_frames, i.height, i.width

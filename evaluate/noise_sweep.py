@@ -56,6 +56,7 @@ from cascadevsr.evaluate.run import (
     parts_dir,
     read_rows,
     score_clip,
+    scored_frames,
     write_method_outputs,
     write_results,
 )
@@ -471,12 +472,9 @@ def run_noise_sweep(cfg: SweepConfig,
             m = metrics[n]
             a, b = {"lr": (down, lr_frames), "nr": (pred, None), "fr": (pred, ref)}[m.kind]
             scores = score_clip(m.metric, a, b, cfg.batch_size)
-            keep = np.ones(len(scores), bool)
-            keep[0] = not m.metric.temporal  # a temporal metric has no value for the first frame
-            vals = scores[keep]
-            mean = float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else math.nan
+            keep, mean = scored_frames(scores, m.metric.temporal)
             records += [(name, clip, int(f), n, float(v), label, level)
-                        for f, v in zip(frame_ids[keep], vals, strict=True)]
+                        for f, v in zip(frame_ids[keep], scores[keep], strict=True)]
             records.append((name, clip, None, n, mean, label, level))
             computed.append((name, level, clip, n))
         part = pdir / f"{uuid.uuid4().hex[:16]}.parquet"

@@ -502,13 +502,20 @@ def _score_rows(method: str, clip: str, metric: str, scores: np.ndarray, tempora
                 cfg: EvalConfig) -> list[tuple[str, str, int | None, str, float]]:
     """Per-frame rows and the clip mean; a temporal metric has no value for the first frame."""
     frame_ids = np.arange(cfg.start, cfg.start + len(scores) * cfg.step, cfg.step)[: len(scores)]
+    keep, mean = scored_frames(scores, temporal_metric)
+    rows = [(method, clip, int(f), metric, float(v)) for f, v in zip(frame_ids[keep], scores[keep], strict=True)]
+    return [*rows, (method, clip, None, metric, mean)]
+
+
+def scored_frames(scores: np.ndarray, temporal_metric: bool) -> tuple[np.ndarray, float]:
+    """(mask of the frames that have a score, their clip mean): a temporal metric has none for the first
+    frame; NaN scores are rows of their own but left out of the mean (NaN when nothing is left)."""
     keep = np.ones(len(scores), bool)
     if temporal_metric:
         keep[0] = False
-    rows = [(method, clip, int(f), metric, float(v)) for f, v in zip(frame_ids[keep], scores[keep], strict=True)]
     vals = scores[keep]
     mean = float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else math.nan
-    return [*rows, (method, clip, None, metric, mean)]
+    return keep, mean
 
 
 def run_evaluation(cfg: EvalConfig, methods: list[MethodSource],
