@@ -12,6 +12,7 @@ Names not in the table but known to pyiqa (``musiq``, ``clipiqa``, ``maniqa``, `
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,25 +75,24 @@ def _pixel_builder(kind: str) -> Callable[[dict[str, Any], torch.device, Path | 
 
 def _with_precision(model: torch.nn.Module, precision: str, device: torch.device) -> ScoreFn:
     """The model's score function; it takes a prepared reference and carries ``prepare_ref`` to make one."""
-    if precision == "fp32":
-        def score(pred: torch.Tensor, prepared: Any) -> torch.Tensor:
-            return model.distance(pred, prepared)
-
-        score.prepare_ref = model.reference  # type: ignore[attr-defined]
-        return score
 
     # bfloat16 convolutions (float32 statistics after them): single 720p VGG layers ran 2-3x faster on this
     # AVX512-BF16 CPU, but scores move by up to 2% (DISTS on the Kodak pairs), so it is opt-in and recorded.
-    def score_bf16(pred: torch.Tensor, prepared: Any) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+    def cast() -> contextlib.AbstractContextManager:
+        if precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def score(pred: torch.Tensor, prepared: Any) -> torch.Tensor:
+        with cast():
             return model.distance(pred, prepared)
 
-    def prepare_bf16(ref: torch.Tensor) -> Any:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+    def prepare(ref: torch.Tensor) -> Any:
+        with cast():
             return model.reference(ref)
 
-    score_bf16.prepare_ref = prepare_bf16  # type: ignore[attr-defined]
-    return score_bf16
+    score.prepare_ref = prepare  # type: ignore[attr-defined]
+    return score
 
 
 def _build_lpips(net: str):
@@ -210,10 +210,8 @@ class Metric:
             if ref is None:
                 raise ValueError(f"{self.name} is a full-reference metric: pass ref")
             return self.score(pred, self.reference(ref))
-        if ref is not None:
-            _check_frames(ref, f"{self.name}: ref")
-            if ref.shape != pred.shape:
-                ref = None  # no-reference metrics ignore a reference of another size
+        if ref is not None and ref.shape != pred.shape:
+            ref = None  # no-reference metrics ignore a reference of another size
         return self._run(pred, ref.to(self.device) if ref is not None else None)
 
     def reference(self, ref: torch.Tensor) -> Reference:
